@@ -1,0 +1,53 @@
+"""Speech-emotion corpora: loaders, records and cross-validation folds.
+
+`load_dataset(name, root)` returns a `Dataset` whose `labels` are canonical English
+names in a fixed order per corpus (the class ids):
+
+    iemocap:   anger, happiness (hap + exc), sadness, neutral
+    emodb:     anger, boredom, disgust, fear, happiness, sadness, neutral
+    emovo:     anger, disgust, fear, happiness, sadness, neutral, surprise
+    synthetic: as emodb (an EMODB-layout corpus made by `synthetic.generate_corpus`)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from msjax.data import emodb, emovo, iemocap, synthetic
+from msjax.data.records import Dataset, Utterance, label_index
+from msjax.errors import UsageError
+
+_LOADERS: dict[str, Callable[..., Dataset]] = {
+    "iemocap": iemocap.load,
+    "emodb": emodb.load,
+    "emovo": emovo.load,
+    "synthetic": synthetic.load,
+}
+DATASETS: tuple[str, ...] = tuple(_LOADERS)
+LABELS: dict[str, tuple[str, ...]] = {
+    "iemocap": iemocap.LABELS,
+    "emodb": emodb.LABELS,
+    "emovo": emovo.LABELS,
+    "synthetic": synthetic.LABELS,
+}
+
+
+def load_dataset(name: str, root: Path, **kw) -> Dataset:
+    """Loads corpus `name` from `root`.
+
+    Args:
+        name: One of `DATASETS`.
+        root: The corpus directory (see each loader's module docstring for its layout).
+        **kw: Passed to the loader, e.g. `allow_count_mismatch=True`.
+
+    Raises:
+        UsageError: unknown name. LayoutError, LabelError, AudioError, DataError: see the
+            loaders.
+    """
+    if name not in _LOADERS:
+        raise UsageError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return _LOADERS[name](Path(root), **kw)
+
+
+__all__ = ["DATASETS", "LABELS", "Dataset", "Utterance", "label_index", "load_dataset"]

@@ -1,0 +1,1 @@
+"""Experiment configs: one file per dataset, each a `get_config()` ConfigDict."""

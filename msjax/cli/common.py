@@ -1,0 +1,109 @@
+"""Flags and error handling shared by the bin/ commands.
+
+The config file is chosen by `--dataset` (configs/<dataset>.py) unless
+`--config=path.py` is given; `--config.x=y` overrides any field, and the plain
+flags below, when given, override both.
+Exit codes: 0 success, 2 usage error, 3 data error (one-line messages).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from msjax.errors import MsjaxError, UsageError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO_ROOT / "configs"
+DATASETS = ("synthetic", "emodb", "emovo", "iemocap")
+FLAGS = flags.FLAGS
+
+
+def _dataset_from_argv(argv: Sequence[str]) -> str:
+    """The --dataset value, read before absl parses (it picks the config file)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--dataset="):
+            return arg.split("=", 1)[1]
+        if arg == "--dataset" and i + 1 < len(argv):
+            return argv[i + 1]
+    return "synthetic"
+
+
+def define_run_flags() -> None:
+    """Flags of every command that runs on a dataset config."""
+    dataset = _dataset_from_argv(sys.argv)
+    default = CONFIG_DIR / f"{dataset if dataset in DATASETS else 'default'}.py"
+    config_flags.DEFINE_config_file("config", str(default), "Config file.", lock_config=True)
+    flags.DEFINE_enum("dataset", "synthetic", DATASETS, "Dataset; picks configs/<dataset>.py.")
+    flags.DEFINE_string("data_dir", None, "Dataset root directory.")
+    flags.DEFINE_integer("folds", None, "Number of folds (0 = the protocol's natural count).")
+    flags.DEFINE_integer("fold", None, "Run this fold only (folds as separate jobs).")
+    flags.DEFINE_string("workdir", None, "Run directory (default runs/<dataset>).")
+    flags.DEFINE_integer("seed", None, "Seed for folds, shuffling, initialisation, dropout.")
+    flags.DEFINE_string("ssl", None, "SSL encoder: hub id, local directory or random:<preset>.")
+    flags.DEFINE_bool("finetune_ssl", None, "Fine-tune the SSL encoder inside the model.")
+    flags.DEFINE_bool("no_cache", False, "Neither read nor write the feature cache.")
+    flags.DEFINE_bool(
+        "allow_count_mismatch", None, "Proceed when the dataset's utterance counts differ."
+    )
+
+
+def resolved_config() -> ml_collections.ConfigDict:
+    """The config file with --config.* overrides, then the plain flags applied."""
+    config = FLAGS.config
+    if FLAGS["dataset"].present and config.dataset != FLAGS.dataset:
+        raise UsageError(
+            f"--dataset={FLAGS.dataset} but the config file is for {config.dataset!r}"
+        )
+    with config.unlocked():
+        plain = {
+            "data_dir": "data_dir", "folds": "num_folds", "fold": "fold", "seed": "seed",
+            "allow_count_mismatch": "allow_count_mismatch",
+        }
+        for flag, field in plain.items():
+            if FLAGS[flag].value is not None:
+                setattr(config, field, FLAGS[flag].value)
+        if FLAGS.ssl is not None:
+            config.ssl.name = FLAGS.ssl
+        if FLAGS.finetune_ssl is not None:
+            config.ssl.finetune = FLAGS.finetune_ssl
+        if FLAGS.no_cache:
+            config.use_cache = False
+    return config
+
+
+def workdir(config: ml_collections.ConfigDict) -> Path:
+    """--workdir, or runs/<dataset> under the current directory."""
+    return Path(FLAGS.workdir or Path("runs") / config.dataset)
+
+
+def _parse(argv: list[str]) -> list[str]:
+    try:
+        return FLAGS(argv)
+    except flags.Error as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(UsageError.exit_code)
+
+
+def run(main: Callable[[], int | None]) -> None:
+    """absl app with one-line errors and msjax exit codes."""
+
+    def wrapped(argv: list[str]) -> int | None:
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        for noisy in ("absl", "jax", "orbax", "orbax.checkpoint"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        try:
+            if len(argv) > 1:
+                raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+            return main()
+        except MsjaxError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return err.exit_code
+
+    app.run(wrapped, flags_parser=_parse)

@@ -1,0 +1,45 @@
+"""bin/extract: fill the feature cache (MFCC, spectrogram, waveform segments, SSL).
+
+    bin/extract --dataset=emodb --data_dir=emodb --ssl=facebook/wav2vec2-base
+
+Training reads the same cache, so a later bin/train with the same workdir (or
+--config.cache_dir) starts from warm features. Interrupted, it resumes.
+"""
+
+from __future__ import annotations
+
+from msjax.cli import common
+
+common.define_run_flags()
+
+
+def main() -> int:
+    from msjax.cache import FeatureCache
+    from msjax.encoders import load_encoder
+    from msjax.features import FeatureConfig
+    from msjax.train import setup
+    from msjax.train.pipeline import FeatureStore, cache_root
+    from msjax.train.run import prepare_data
+
+    config = common.resolved_config()
+    workdir = common.workdir(config)
+    dataset, _ = prepare_data(config, workdir)
+    encoder = None
+    if not config.ssl.finetune:
+        encoder = load_encoder(
+            config.ssl.name, seed=config.seed, extract_batch_size=config.ssl.extract_batch_size
+        )
+    cache = FeatureCache(cache_root(config.cache_dir, workdir))
+    store = FeatureStore(cache, FeatureConfig(**config.features), encoder)
+    entries = store.prepare(dataset, progress=setup.progress("features"))
+    segments = sum(e.num_segments for e in entries.values())
+    stats = cache.stats
+    print(
+        f"{dataset.name}: {len(entries)} utterances, {segments} segments in {cache.root} "
+        f"({stats.hits} entries reused, {stats.writes} written)"
+    )
+    return 0
+
+
+def run() -> None:
+    common.run(main)

@@ -1,0 +1,44 @@
+"""bin/train: cross-validated MS-EmoBoost training.
+
+    bin/train                                  # embedded synthetic corpus, no downloads
+    bin/train --dataset=emovo --data_dir=EMOVO --folds=10
+    bin/train --dataset=emodb --data_dir=emodb --fold=3     # one fold, e.g. a cluster job
+    bin/train --dataset=emodb --data_dir=emodb --dry_run    # print the folds and exit
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from msjax.cli import common
+from msjax.errors import UsageError
+
+common.define_run_flags()
+flags.DEFINE_bool("dry_run", False, "Print the folds (speakers, class counts) and exit.")
+flags.DEFINE_bool(
+    "resume", True, "Continue the run in --workdir (finished folds are skipped); "
+    "--noresume refuses a workdir that already holds folds."
+)
+flags.DEFINE_bool("tsne", None, "Also plot t-SNE of pooled features (paper Figs. 7-8).")
+FLAGS = flags.FLAGS
+
+
+def main() -> int:
+    from msjax.train.run import dry_run, train_and_evaluate  # after flags: heavy imports
+
+    config = common.resolved_config()
+    if FLAGS.tsne is not None:
+        with config.unlocked():
+            config.tsne = FLAGS.tsne
+    workdir = common.workdir(config)
+    if FLAGS.dry_run:
+        print(dry_run(config, workdir))
+        return 0
+    if not FLAGS.resume and any(workdir.glob("fold_*")):
+        raise UsageError(f"{workdir}: holds an earlier run; use a new --workdir or --resume")
+    train_and_evaluate(config, workdir)
+    return 0
+
+
+def run() -> None:
+    common.run(main)

@@ -1,0 +1,355 @@
+"""Loads Hugging Face wav2vec2 / HuBERT checkpoints into the Flax `SSLEncoder`.
+
+A checkpoint is a directory with config.json, model.safetensors (or a PyTorch
+pytorch_model.bin, read with torch when it is installed) and usually
+preprocessor_config.json, or a hub id already in the local Hugging Face cache.
+
+Tensors are mapped by name, strictly: after dropping a "wav2vec2."/"hubert." prefix and
+the known pre-training/task heads, every encoder parameter must be present with the
+right shape and nothing else may be left over; otherwise `CheckpointError` lists the
+offending names. Because the Flax modules carry the PyTorch attribute names, mapping is
+a leaf rename plus a transpose: Linear [out, in] -> kernel [in, out], Conv1d [O, I, K] ->
+kernel [K, I, O] (the weight-norm g/v tensors of the positional conv likewise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from msjax.errors import CheckpointError
+from msjax.models.ssl import SSLConfig, SSLEncoder
+
+logger = logging.getLogger(__name__)
+
+_MODEL_PREFIXES = ("wav2vec2.", "hubert.")
+# Pre-training and task heads that sit beside the encoder in HF checkpoints.
+_IGNORED_HEADS = (
+    "quantizer.",
+    "project_q.",
+    "project_hid.",
+    "final_proj.",
+    "label_embs_concat",
+    "lm_head.",
+    "projector.",
+    "classifier.",
+    "layer_weights",
+)
+# The two spellings of PyTorch weight norm: parametrizations (torch >= 2.1) and legacy.
+_WEIGHT_NORM_NAMES = {
+    "parametrizations.weight.original0": "weight_g",
+    "parametrizations.weight.original1": "weight_v",
+}
+_HUB_FILES = [
+    "config.json",
+    "preprocessor_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "model-*.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "pytorch_model-*.bin",
+]
+_MAX_LISTED = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class SSLModel:
+    """A loaded encoder, ready for `module.apply({"params": params}, wav)`.
+
+    Attributes:
+        module: the Flax encoder.
+        params: its parameter tree (float32).
+        config: the encoder config (checkpoint config plus any overrides).
+        normalize: whether waveforms must go through `normalize_waveform` first.
+        identity: sha256 over the checkpoint's encoder config, its encoder tensors, the
+            normalisation flag and the compute dtype; stable across runs, a cache key.
+        sampling_rate: the rate the checkpoint expects (Hz).
+    """
+
+    module: SSLEncoder
+    params: Any
+    config: SSLConfig
+    normalize: bool
+    identity: str
+    sampling_rate: int = 16000
+
+
+def normalize_waveform(wav: jax.Array) -> jax.Array:
+    """Zero mean, unit variance per segment, as transformers' feature extractor does.
+
+    Args:
+        wav: [B, N] waveforms.
+
+    Returns:
+        [B, N] float32: (wav - mean) / sqrt(var + 1e-7), statistics over N.
+    """
+    wav = jnp.asarray(wav, jnp.float32)
+    mean = jnp.mean(wav, axis=-1, keepdims=True)
+    var = jnp.var(wav, axis=-1, keepdims=True)
+    return (wav - mean) / jnp.sqrt(var + 1e-7)
+
+
+def load_ssl(
+    name_or_path: str | os.PathLike,
+    *,
+    dtype: Any = jnp.float32,
+    overrides: Mapping[str, Any] | None = None,
+) -> SSLModel:
+    """Loads a wav2vec2/HuBERT checkpoint from a directory or the local hub cache.
+
+    Args:
+        name_or_path: a checkpoint directory, or a hub id such as "facebook/wav2vec2-base"
+            (resolved through huggingface_hub; only cached files are used when
+            HF_HUB_OFFLINE is set).
+        dtype: compute dtype of the encoder; parameters stay float32.
+        overrides: `SSLConfig` fields to change, e.g. {"layerdrop": 0.0,
+            "freeze_feature_encoder": True}.
+
+    Returns:
+        The loaded `SSLModel`.
+
+    Raises:
+        CheckpointError: missing files, an unsupported config, or tensors that do not
+            match the encoder (all mismatching names are listed).
+    """
+    root = _resolve(str(name_or_path))
+    hf_config = _read_json(root / "config.json")
+    try:
+        file_config = SSLConfig.from_hf_config(hf_config)
+        config = dataclasses.replace(file_config, **dict(overrides or {}))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{root / 'config.json'}: {err}") from None
+    normalize, sampling_rate = _preprocessing(root, file_config)
+    tensors, source = _load_tensors(root, str(name_or_path))
+    module = SSLEncoder(config, dtype=dtype)
+    params, used = _convert(tensors, module, source)
+    identity = _identity(file_config, normalize, dtype, used)
+    return SSLModel(module, params, config, normalize, identity, sampling_rate)
+
+
+def _resolve(name: str) -> Path:
+    """A checkpoint directory for a local path or a hub id."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{name}: is a file; pass the checkpoint directory")
+    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") != 1:
+        raise CheckpointError(f"{name}: no such checkpoint directory (nor a hub id org/name)")
+    import huggingface_hub  # Imported here: only hub ids need it.
+    from huggingface_hub import errors as hub_errors
+
+    # The hub library reads HF_HUB_OFFLINE once at import; honour a later setting too.
+    offline = huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get(
+        "HF_HUB_OFFLINE", ""
+    ).upper() in ("1", "ON", "YES", "TRUE")
+    try:
+        snapshot = huggingface_hub.snapshot_download(
+            name, allow_patterns=_HUB_FILES, local_files_only=offline
+        )
+    except (hub_errors.HfHubHTTPError, hub_errors.HFValidationError, OSError) as err:
+        reason = "offline and not cached" if offline else type(err).__name__
+        raise CheckpointError(f"{name}: cannot get the checkpoint ({reason}); {_hint(name)}") from None
+    return Path(snapshot)
+
+
+def _hint(name: str) -> str:
+    return (
+        f"download config.json, preprocessor_config.json and model.safetensors (or "
+        f"pytorch_model.bin) on a connected machine, e.g. `hf download {name} --local-dir DIR "
+        f"--include '*.json' --include '*.safetensors'`, then pass DIR"
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable JSON ({err})") from None
+
+
+def _preprocessing(root: Path, config: SSLConfig) -> tuple[bool, int]:
+    """(normalize, sampling_rate) from preprocessor_config.json or per-model defaults."""
+    path = root / "preprocessor_config.json"
+    if path.exists():
+        pre = _read_json(path)
+        if "do_normalize" in pre:
+            return bool(pre["do_normalize"]), int(pre.get("sampling_rate", 16000))
+    # transformers' conversion scripts normalise every wav2vec2 model and only the
+    # layer-norm (Large) HuBERT models.
+    normalize = config.model_type == "wav2vec2" or config.feat_extract_norm == "layer"
+    logger.warning(
+        "%s: no do_normalize in preprocessor_config.json; assuming do_normalize=%s for %s",
+        root,
+        normalize,
+        config.model_type,
+    )
+    return normalize, 16000
+
+
+def _load_tensors(root: Path, name: str) -> tuple[dict[str, np.ndarray], Path]:
+    """All tensors of the checkpoint as numpy arrays, and the file they came from."""
+    for single, index in (
+        ("model.safetensors", "model.safetensors.index.json"),
+        ("pytorch_model.bin", "pytorch_model.bin.index.json"),
+    ):
+        if (root / single).exists():
+            files = [root / single]
+        elif (root / index).exists():
+            shards = _read_json(root / index).get("weight_map", {}).values()
+            files = [root / shard for shard in sorted(set(shards))]
+        else:
+            continue
+        tensors = {}
+        for file in files:
+            tensors.update(_read_weights(file))
+        return tensors, files[0]
+    hint = _hint(name) if not Path(name).expanduser().is_dir() else "save the model there"
+    raise CheckpointError(f"{root}: no model.safetensors or pytorch_model.bin; {hint}")
+
+
+def _read_weights(path: Path) -> dict[str, np.ndarray]:
+    if path.suffix == ".safetensors":
+        from safetensors.numpy import load_file
+
+        try:
+            return load_file(path)
+        except Exception as err:  # safetensors raises its own untyped errors
+            raise CheckpointError(f"{path}: unreadable safetensors file ({err})") from None
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            f"{path}: reading PyTorch .bin weights needs torch; install it or convert the "
+            "checkpoint to model.safetensors"
+        ) from None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many unrelated types for bad files
+        raise CheckpointError(f"{path}: unreadable PyTorch weights ({err})") from None
+    return {
+        k: (v.float() if v.is_floating_point() else v).numpy()
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor)
+    }
+
+
+def _canonical_name(key: str) -> str | None:
+    """The encoder-relative name of a checkpoint key, or None for a known head."""
+    for prefix in _MODEL_PREFIXES:
+        if key.startswith(prefix):
+            key = key[len(prefix) :]
+            break
+    if key.startswith(_IGNORED_HEADS):
+        return None
+    for old, new in _WEIGHT_NORM_NAMES.items():
+        key = key.replace(old, new)
+    return key
+
+
+def _convert(
+    tensors: Mapping[str, np.ndarray], module: SSLEncoder, source: Path
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Maps checkpoint tensors onto the module's parameter tree, strictly.
+
+    Returns:
+        The parameter tree and the used tensors by canonical name (for the identity).
+    """
+    cfg = module.config
+    abstract = jax.eval_shape(
+        module.init, jax.random.key(0), jnp.zeros((1, cfg.receptive_field), jnp.float32)
+    )["params"]
+    expected = flax.traverse_util.flatten_dict(abstract)
+    modules = {path[:-1] for path in expected}
+    flat, used, unexpected, wrong = {}, {}, [], []
+    for key in sorted(tensors):
+        name = _canonical_name(key)
+        if name is None:
+            continue
+        if name == "masked_spec_embed" and not cfg.uses_masked_spec_embed:
+            continue  # Only used for train-time masking, which this config turns off.
+        *parent, leaf = name.split(".")
+        parent = tuple(parent)
+        if leaf == "weight" and parent in modules:
+            leaf = "kernel" if parent + ("kernel",) in expected else "scale"
+        path = parent + (leaf,)
+        if path not in expected:
+            unexpected.append(key)
+            continue
+        value = _to_flax_layout(np.asarray(tensors[key], np.float32))
+        if value.shape != expected[path].shape:
+            wrong.append(f"{key} {list(tensors[key].shape)} (expects {list(expected[path].shape)})")
+            continue
+        flat[path] = value
+        used[name] = tensors[key]
+    missing = [p for p in expected if p not in flat]
+    if missing == [("masked_spec_embed",)]:
+        # Checkpoints without it (mask_time_prob was 0) get transformers' fresh init.
+        logger.warning("%s: no masked_spec_embed; initialising it uniformly in [0, 1)", source)
+        flat[missing.pop()] = np.asarray(
+            jax.random.uniform(jax.random.key(0), (cfg.hidden_size,)), np.float32
+        )
+    if missing or unexpected or wrong:
+        problems = []
+        for label, names in (
+            ("missing", [_hf_name(p) for p in missing]),
+            ("unexpected", unexpected),
+            ("wrong shape", wrong),
+        ):
+            if names:
+                shown = ", ".join(names[:_MAX_LISTED])
+                more = f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
+                problems.append(f"{label}: {shown}{more}")
+        raise CheckpointError(
+            f"{source}: does not match the {cfg.model_type} encoder ({'; '.join(problems)})"
+        )
+    params = flax.traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})
+    return params, used
+
+
+def _to_flax_layout(value: np.ndarray) -> np.ndarray:
+    """Linear [out, in] -> [in, out]; Conv1d and weight-norm [O, I, K] -> [K, I, O]."""
+    if value.ndim == 2:
+        return np.ascontiguousarray(value.T)
+    if value.ndim == 3:
+        return np.ascontiguousarray(value.transpose(2, 1, 0))
+    return value
+
+
+def _hf_name(path: tuple[str, ...]) -> str:
+    """The checkpoint key a Flax parameter path comes from (for error messages)."""
+    leaf = "weight" if path[-1] in ("kernel", "scale") else path[-1]
+    return ".".join(path[:-1] + (leaf,))
+
+
+def _identity(
+    config: SSLConfig, normalize: bool, dtype: Any, tensors: Mapping[str, np.ndarray]
+) -> str:
+    """sha256 over what determines the encoder's output for a given waveform."""
+    digest = hashlib.sha256()
+    header = {
+        "config": dataclasses.asdict(config),
+        "normalize": normalize,
+        "dtype": jnp.dtype(dtype).name,
+    }
+    digest.update(json.dumps(header, sort_keys=True).encode())
+    for name in sorted(tensors):
+        value = np.ascontiguousarray(tensors[name])
+        digest.update(f"{name}:{value.dtype.str}:{value.shape}".encode())
+        digest.update(value.data)
+    return digest.hexdigest()

@@ -1,0 +1,373 @@
+"""Cross-validation folds: train / validation / test membership per fold.
+
+Protocols:
+    "loso": leave one speaker out; one fold per speaker (IEMOCAP 10, EMODB 10, EMOVO 6).
+    "session": leave one session out (IEMOCAP, 5 folds); both speakers of a session are tested.
+    "stratified": seeded label-stratified k-fold over utterances (EMOVO in the paper, 10 folds);
+        speakers are shared between splits by design.
+
+Validation (always carved out of the training side, never from the test fold):
+    "heldout" (default):
+        - speaker protocols hold out one whole speaker that is not tested. For "loso" on a
+          corpus with two-speaker sessions (IEMOCAP) that is the test speaker's session
+          partner, so no dialog of the tested session is trained on; otherwise the
+          speakers are put in a seeded cyclic order and each test speaker is validated
+          by the next one (every speaker validates exactly one fold).
+        - "stratified" holds out a seeded, label-stratified 10% of the training utterances.
+    "test": the validation set IS the test fold. This reproduces CA-MSER / the paper, which
+        pick the best epoch on the test fold; it inflates reported accuracy by several points
+        and is offered only to compare with published numbers.
+
+Every fold is checked by `check_fold`: splits disjoint (by uid, and by speaker for speaker
+protocols) and together covering the dataset; a violation raises DataError.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from msjax.data.records import Dataset, label_ids
+from msjax.errors import DataError, UsageError
+
+PROTOCOLS: tuple[str, ...] = ("loso", "session", "stratified")
+VALIDATIONS: tuple[str, ...] = ("heldout", "test")
+DEFAULT_STRATIFIED_FOLDS = 10
+HELDOUT_FRACTION = 0.1
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One cross-validation fold; splits are tuples of uids in dataset order.
+
+    Attributes:
+        index: Fold number, from 0.
+        train, val, test: Utterance ids of each split.
+        test_speakers, val_speakers, train_speakers: Sorted speakers present in each split
+            (for "stratified" they overlap by design).
+        protocol: "loso", "session" or "stratified".
+        validation: "heldout" or "test" (val == test, paper-compatible, inflated).
+        class_counts: {split: {label: count}} in label order, for reports and folds.json.
+    """
+
+    index: int
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+    test_speakers: tuple[str, ...]
+    val_speakers: tuple[str, ...]
+    train_speakers: tuple[str, ...] = ()
+    protocol: str = "loso"
+    validation: str = "heldout"
+    class_counts: Mapping[str, Mapping[str, int]] = field(default_factory=dict, hash=False)
+
+    def split(self, name: str) -> tuple[str, ...]:
+        """The uids of split `name` ("train", "val" or "test")."""
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+    def speakers(self, name: str) -> tuple[str, ...]:
+        """The speakers of split `name`."""
+        return {"train": self.train_speakers, "val": self.val_speakers, "test": self.test_speakers}[
+            name
+        ]
+
+
+def make_folds(
+    dataset: Dataset,
+    protocol: str = "loso",
+    num_folds: int | None = None,
+    seed: int = 0,
+    validation: str = "heldout",
+) -> list[Fold]:
+    """Builds and checks the folds of `dataset`.
+
+    Args:
+        dataset: A loaded corpus.
+        protocol: "loso", "session" or "stratified" (see the module docstring).
+        num_folds: None for the protocol's natural count (speakers, sessions, or 10);
+            "loso" and "session" accept only that count.
+        seed: Seeds the stratified split and the validation choice.
+        validation: "heldout" (default) or "test"; "test" selects on the test fold itself,
+            as CA-MSER and the paper do, which inflates results.
+
+    Returns:
+        The folds, in order.
+
+    Raises:
+        UsageError: unknown protocol/validation, or an impossible fold count.
+        DataError: a fold fails the disjointness check (a bug, never expected).
+    """
+    if protocol not in PROTOCOLS:
+        raise UsageError(
+            f"unknown fold protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}"
+        )
+    if validation not in VALIDATIONS:
+        raise UsageError(
+            f"unknown validation {validation!r}; choose one of {', '.join(VALIDATIONS)}"
+        )
+    if protocol == "stratified":
+        splits = _stratified_splits(dataset, num_folds, seed, validation)
+    else:
+        splits = _speaker_splits(dataset, protocol, num_folds, seed, validation)
+    folds = [
+        _make_fold(dataset, i, tr, va, te, protocol, validation)
+        for i, (tr, va, te) in enumerate(splits)
+    ]
+    for fold in folds:
+        check_fold(fold, dataset)
+    return folds
+
+
+def _speaker_groups(dataset: Dataset, protocol: str, num_folds: int | None) -> list[set[str]]:
+    """The speakers tested by each fold of a speaker protocol."""
+    if protocol == "loso":
+        groups = [{s} for s in dataset.speakers]
+        unit = "speakers"
+    else:
+        if not dataset.sessions:
+            raise UsageError(
+                f"protocol 'session' needs a corpus with sessions; {dataset.name} has none"
+            )
+        groups = [
+            {u.speaker for u in dataset.utterances if u.session == s} for s in dataset.sessions
+        ]
+        unit = "sessions"
+    if num_folds is not None and num_folds != len(groups):
+        raise UsageError(
+            f"protocol {protocol!r} on {dataset.name} gives {len(groups)} folds "
+            f"(one per {unit[:-1]}), not {num_folds}"
+        )
+    if len(groups) < 2:
+        raise UsageError(
+            f"protocol {protocol!r} needs at least 2 {unit}; {dataset.name} has {len(groups)}"
+        )
+    return groups
+
+
+def _validation_speaker(dataset: Dataset, protocol: str, group: set[str], order: list[str]) -> str:
+    """The held-out validation speaker for a fold that tests `group`."""
+    if protocol == "loso" and dataset.sessions:
+        (speaker,) = group
+        session = {u.session for u in dataset.utterances if u.speaker == speaker}
+        partners = sorted({u.speaker for u in dataset.utterances if u.session in session} - group)
+        if len(partners) == 1:
+            return partners[0]
+    start = max(order.index(s) for s in group)
+    following = (order[(start + step) % len(order)] for step in range(1, len(order)))
+    return next(s for s in following if s not in group)
+
+
+def _speaker_splits(
+    dataset: Dataset, protocol: str, num_folds: int | None, seed: int, validation: str
+) -> list[tuple[list[str], list[str], list[str]]]:
+    groups = _speaker_groups(dataset, protocol, num_folds)
+    if validation == "heldout" and any(len(dataset.speakers) - len(g) < 2 for g in groups):
+        raise UsageError(
+            f"{dataset.name}: held-out validation needs 2 speakers outside every test fold "
+            f"(one to validate, one to train); it has {len(dataset.speakers)} speakers"
+        )
+    order = [str(s) for s in np.random.default_rng(seed).permutation(list(dataset.speakers))]
+    splits = []
+    for group in groups:
+        test = [u.uid for u in dataset.utterances if u.speaker in group]
+        if validation == "heldout":
+            val_speaker = _validation_speaker(dataset, protocol, group, order)
+            val = [u.uid for u in dataset.utterances if u.speaker == val_speaker]
+        else:
+            val_speaker, val = None, list(test)
+        train = [
+            u.uid for u in dataset.utterances if u.speaker not in group and u.speaker != val_speaker
+        ]
+        splits.append((train, val, test))
+    return splits
+
+
+def _stratified_splits(
+    dataset: Dataset, num_folds: int | None, seed: int, validation: str
+) -> list[tuple[list[str], list[str], list[str]]]:
+    k = DEFAULT_STRATIFIED_FOLDS if num_folds is None else num_folds
+    y = np.asarray(label_ids(dataset))
+    counts = np.bincount(y)
+    smallest = int(counts[counts > 0].min()) if len(y) else 0
+    if k < 2 or smallest < k:
+        raise UsageError(
+            f"stratified {k}-fold on {dataset.name} needs every class to have >= {k} utterances "
+            f"(smallest has {smallest})"
+        )
+    uids = np.asarray([u.uid for u in dataset.utterances])
+    splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+    splits = []
+    for i, (train_idx, test_idx) in enumerate(splitter.split(uids, y)):
+        val_idx = test_idx
+        if validation == "heldout":
+            # A fold-specific seed keeps each fold's validation slice independent.
+            train_idx, val_idx = train_test_split(
+                train_idx,
+                test_size=HELDOUT_FRACTION,
+                stratify=y[train_idx],
+                random_state=int(np.random.default_rng([seed, i]).integers(2**31)),
+            )
+        splits.append(tuple(list(uids[np.sort(idx)]) for idx in (train_idx, val_idx, test_idx)))
+    return splits
+
+
+def _make_fold(
+    dataset: Dataset,
+    index: int,
+    train: Sequence[str],
+    val: Sequence[str],
+    test: Sequence[str],
+    protocol: str,
+    validation: str,
+) -> Fold:
+    members = {
+        "train": dataset.select(train),
+        "val": dataset.select(val),
+        "test": dataset.select(test),
+    }
+    speakers = {name: tuple(sorted({u.speaker for u in utts})) for name, utts in members.items()}
+    return Fold(
+        index=index,
+        train=tuple(train),
+        val=tuple(val),
+        test=tuple(test),
+        test_speakers=speakers["test"],
+        val_speakers=speakers["val"],
+        train_speakers=speakers["train"],
+        protocol=protocol,
+        validation=validation,
+        class_counts={name: dataset.class_counts(utts) for name, utts in members.items()},
+    )
+
+
+def check_fold(fold: Fold, dataset: Dataset) -> None:
+    """Checks that a fold's splits are non-empty, disjoint and cover the dataset.
+
+    Splits must not share utterances (except val == test under validation="test"); under
+    the speaker protocols they must not share speakers either.
+
+    Raises:
+        DataError: naming the fold, the splits and the shared utterances or speakers.
+    """
+    where = f"{dataset.name} fold {fold.index}"
+    speakers = {u.uid: u.speaker for u in dataset.utterances}
+    pairs = [("train", "test"), ("train", "val")]
+    if fold.validation == "test":
+        if fold.val != fold.test:
+            raise DataError(f"{where}: validation='test' but val differs from test")
+    else:
+        pairs.append(("val", "test"))
+    for name in SPLITS:
+        if not fold.split(name):
+            raise DataError(f"{where}: the {name} split is empty")
+        unknown = set(fold.split(name)) - speakers.keys()
+        if unknown:
+            raise DataError(f"{where}: {name} holds unknown utterances {sorted(unknown)[:5]}")
+    for a, b in pairs:
+        shared = set(fold.split(a)) & set(fold.split(b))
+        if shared:
+            raise DataError(f"{where}: {a} and {b} share utterances {sorted(shared)[:5]}")
+        if fold.protocol != "stratified":
+            shared = {speakers[u] for u in fold.split(a)} & {speakers[u] for u in fold.split(b)}
+            if shared:
+                raise DataError(f"{where}: {a} and {b} share speakers {sorted(shared)}")
+    covered = set(fold.train) | set(fold.val) | set(fold.test)
+    if len(covered) != len(dataset):
+        raise DataError(f"{where}: splits cover {len(covered)} of {len(dataset)} utterances")
+
+
+def folds_to_dict(folds: Sequence[Fold]) -> dict:
+    """A JSON-ready description of `folds` (what `write_folds_json` writes)."""
+    return {
+        "protocol": folds[0].protocol if folds else None,
+        "validation": folds[0].validation if folds else None,
+        "num_folds": len(folds),
+        "folds": [
+            {
+                "index": fold.index,
+                **{
+                    name: {
+                        "speakers": list(fold.speakers(name)),
+                        "class_counts": dict(fold.class_counts.get(name, {})),
+                        "uids": list(fold.split(name)),
+                    }
+                    for name in SPLITS
+                },
+            }
+            for fold in folds
+        ],
+    }
+
+
+def write_folds_json(folds: Sequence[Fold], path: Path) -> None:
+    """Writes every fold's membership (uids, speakers, per-split class counts) to `path`.
+
+    The file is written atomically (temporary file, then rename); parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(folds_to_dict(folds), f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_folds_json(path: Path) -> list[Fold]:
+    """Reads folds written by `write_folds_json` (e.g. to resume a run on the same splits).
+
+    Raises:
+        DataError: the file is missing or not a folds file.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+        return [
+            Fold(
+                index=f["index"],
+                train=tuple(f["train"]["uids"]),
+                val=tuple(f["val"]["uids"]),
+                test=tuple(f["test"]["uids"]),
+                test_speakers=tuple(f["test"]["speakers"]),
+                val_speakers=tuple(f["val"]["speakers"]),
+                train_speakers=tuple(f["train"]["speakers"]),
+                protocol=data["protocol"],
+                validation=data["validation"],
+                class_counts={name: f[name]["class_counts"] for name in SPLITS},
+            )
+            for f in data["folds"]
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise DataError(f"{path}: not a readable folds file ({err})") from None
+
+
+def summarize_folds(folds: Sequence[Fold]) -> str:
+    """A human-readable table of speakers and class counts per split, for `--dry_run`."""
+    if not folds:
+        return "no folds"
+    labels = list(next(iter(folds[0].class_counts.values()), {}))
+    lines = [f"{len(folds)} folds, protocol {folds[0].protocol}, validation {folds[0].validation}"]
+    if folds[0].validation == "test":
+        lines.append("(validation on the test fold: selection is optimistic, as in the paper)")
+    widths = [max(len(lb), 5) for lb in labels]
+    header = " ".join(f"{lb:>{w}}" for lb, w in zip(labels, widths, strict=True))
+    lines.append(f"{'fold':>4} {'split':<5} {'utts':>5}  {header}  speakers")
+    for fold in folds:
+        for name in SPLITS:
+            counts = fold.class_counts.get(name, {})
+            cells = " ".join(
+                f"{counts.get(lb, 0):>{w}}" for lb, w in zip(labels, widths, strict=True)
+            )
+            spk = " ".join(fold.speakers(name))
+            lines.append(f"{fold.index:>4} {name:<5} {len(fold.split(name)):>5}  {cells}  {spk}")
+    return "\n".join(lines)

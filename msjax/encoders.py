@@ -1,0 +1,107 @@
+"""SSL encoders by name: a Hugging Face checkpoint, or random weights of a named size.
+
+`load_encoder("facebook/wav2vec2-base")` or `load_encoder("/path/to/checkpoint")`
+loads real weights (msjax.convert.hf). `load_encoder("random:tiny")` builds a
+seeded random-init encoder of a preset size: no download, for smoke runs, tests
+and benchmarks. Either way the result knows its identity (the feature cache key)
+and extracts frozen features in jitted fixed-size batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from msjax.convert.hf import load_ssl, normalize_waveform
+from msjax.errors import UsageError
+from msjax.models.ssl import SSLConfig, SSLEncoder
+
+RANDOM_PREFIX = "random:"
+
+# transformers-style config fields per preset; everything else is SSLConfig's
+# (wav2vec2-base) default.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+    ),
+    "base": dict(),
+    "large": dict(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+        feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Encoder:
+    """A loaded SSL encoder.
+
+    Attributes:
+      name: what it was loaded from (hub id, directory or random:<preset>).
+      module / params / config: the Flax encoder and its weights.
+      normalize: whether waveforms are normalised to zero mean, unit variance first.
+      identity: a stable hash of the architecture and weights (cache key part).
+      extract_batch_size: segments per jitted frozen-feature batch.
+    """
+
+    name: str
+    module: SSLEncoder
+    params: Any
+    config: SSLConfig
+    normalize: bool
+    identity: str
+    extract_batch_size: int = 8
+
+    @functools.cached_property
+    def _forward(self):
+        def forward(params, wav):
+            if self.normalize:
+                wav = normalize_waveform(wav)
+            return self.module.apply({"params": params}, wav)["last_hidden_state"]
+
+        return jax.jit(forward)
+
+    def features(self, wav: np.ndarray) -> jax.Array:
+        """Frozen last hidden state. [B, N] -> [B, F, D]"""
+        return self._forward(self.params, jnp.asarray(wav, jnp.float32))
+
+    def with_config(self, **changes: Any) -> Encoder:
+        """The same weights under changed fine-tuning settings (masking, LayerDrop, ...)."""
+        config = dataclasses.replace(self.config, **changes)
+        return dataclasses.replace(self, config=config, module=SSLEncoder(config))
+
+
+def load_encoder(name: str, *, seed: int = 0, extract_batch_size: int = 8) -> Encoder:
+    """Loads an encoder by hub id, local directory or `random:<preset>`.
+
+    Raises:
+      UsageError: an unknown random preset.
+      CheckpointError: a checkpoint that is missing, incomplete or mismatched.
+    """
+    if name.startswith(RANDOM_PREFIX):
+        preset = name[len(RANDOM_PREFIX):]
+        if preset not in PRESETS:
+            raise UsageError(
+                f"--ssl={name}: unknown preset; choose one of "
+                + ", ".join(RANDOM_PREFIX + p for p in PRESETS)
+            )
+        config = SSLConfig(**PRESETS[preset])
+        module = SSLEncoder(config)
+        wav = jnp.zeros((1, config.receptive_field), jnp.float32)
+        params = jax.jit(module.init)(jax.random.key(seed), wav)["params"]
+        blob = json.dumps({"preset": PRESETS[preset], "seed": seed}, sort_keys=True)
+        identity = hashlib.sha256(f"{name}:{blob}".encode()).hexdigest()
+        return Encoder(name, module, params, config, True, identity, extract_batch_size)
+    loaded = load_ssl(name)
+    return Encoder(
+        name, loaded.module, loaded.params, loaded.config, loaded.normalize, loaded.identity,
+        extract_batch_size,
+    )

@@ -1,0 +1,101 @@
+"""AlexNet's convolutional stack (torchvision layout) in NHWC, and PyTorch's adaptive pooling.
+
+The spectrogram branch of MS-EmoBoost runs torchvision's `alexnet().features` on a
+[B, 256, 384, 3] image and pools the [B, 7, 11, 256] map to [B, 6, 6, 256] the way
+`nn.AdaptiveAvgPool2d((6, 6))` does. The classifier of torchvision's AlexNet is not
+part of the model, so it has no parameters here.
+
+Parameters are named after the indices of torchvision's `features` Sequential, so
+the ported ImageNet weights map one to one (see msjax/convert/torchvision.py):
+
+    features_0  : kernel [11, 11, 3, 64],   bias [64]    (stride 4, padding 2)
+    features_3  : kernel [5, 5, 64, 192],   bias [192]   (padding 2)
+    features_6  : kernel [3, 3, 192, 384],  bias [384]   (padding 1)
+    features_8  : kernel [3, 3, 384, 256],  bias [256]   (padding 1)
+    features_10 : kernel [3, 3, 256, 256],  bias [256]   (padding 1)
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# (torchvision index, output channels, kernel size, stride, padding, max-pool after)
+CONV_LAYERS = (
+    (0, 64, 11, 4, 2, True),
+    (3, 192, 5, 1, 2, True),
+    (6, 384, 3, 1, 1, False),
+    (8, 256, 3, 1, 1, False),
+    (10, 256, 3, 1, 1, True),
+)
+
+# torch.nn.Conv2d's default initialisation: uniform(+-1/sqrt(fan_in)) for the kernel.
+_torch_conv_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _bin_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """Averaging weights [out, in] of PyTorch's adaptive pooling along one axis.
+
+    Bin i covers [floor(i * in / out), ceil((i + 1) * in / out)); bins may overlap or
+    repeat an input (when out > in), exactly as in ATen's adaptive_avg_pool2d.
+    """
+    weights = np.zeros((out_size, in_size), np.float32)
+    for i in range(out_size):
+        start = (i * in_size) // out_size
+        end = -((-(i + 1) * in_size) // out_size)
+        weights[i, start:end] = 1.0 / (end - start)
+    return weights
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int] = (6, 6)) -> jax.Array:
+    """PyTorch-exact adaptive average pooling for any input size.
+
+    Args:
+        x: [B, H, W, C].
+        output_size: (out_h, out_w).
+
+    Returns:
+        [B, out_h, out_w, C].
+    """
+    rows = jnp.asarray(_bin_matrix(x.shape[1], output_size[0]))
+    cols = jnp.asarray(_bin_matrix(x.shape[2], output_size[1]))
+    # Separable: each output is the mean of a rectangular bin = row mean of column means.
+    return jnp.einsum("ih,bhwc,jw->bijc", rows, x, cols, precision=jax.lax.Precision.HIGHEST)
+
+
+class AlexNetFeatures(nn.Module):
+    """torchvision AlexNet `features` followed by adaptive average pooling.
+
+    Attributes:
+        pool_size: output size of the adaptive average pooling; None returns the raw
+            conv map.
+    """
+
+    pool_size: tuple[int, int] | None = (6, 6)
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Runs the conv stack.
+
+        Args:
+            x: images [B, H, W, 3], ImageNet-normalised.
+
+        Returns:
+            [B, 6, 6, 256] (pooled) or the conv map [B, H', W', 256] when pool_size is
+            None ([B, 7, 11, 256] for a 256x384 input).
+        """
+        for index, channels, kernel, stride, pad, pool in CONV_LAYERS:
+            x = nn.Conv(
+                channels,
+                (kernel, kernel),
+                strides=(stride, stride),
+                padding=((pad, pad), (pad, pad)),
+                kernel_init=_torch_conv_init,
+                name=f"features_{index}",
+            )(x)
+            x = nn.relu(x)
+            if pool:
+                x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        if self.pool_size is None:
+            return x
+        return adaptive_avg_pool(x, self.pool_size)

@@ -1,0 +1,251 @@
+"""Features for training: computed once per utterance into the cache, served as batches.
+
+Per utterance the store holds three entries (each keyed by the audio bytes and
+the feature config; SSL entries also by the encoder identity):
+  acoustic: mfcc [S, 300, 40], spec [S, 200, 300]
+  wav:      wav [S, 48000]   (raw 16 kHz segments, what the SSL encoder eats)
+  ssl:      ssl [S, F, D]    (frozen mode: last hidden state per segment)
+Batches are fixed-shape stacks of segments read back from the cache, so memory
+is bounded by the batch, not by the dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from msjax.audio import load_audio
+from msjax.cache import FeatureCache, audio_hash
+from msjax.data.records import Dataset, Utterance
+from msjax.features import FeatureConfig, segment, utterance_features
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """What the store knows about one utterance without holding its arrays."""
+
+    uid: str
+    label: int
+    num_segments: int
+    audio_hash: str
+
+
+class FeatureStore:
+    """Computes, caches and reads back per-utterance features.
+
+    With the cache disabled (`--no_cache`) the arrays are kept in memory instead,
+    which is only sensible for small corpora.
+    """
+
+    def __init__(self, cache: FeatureCache, feature_cfg: FeatureConfig, encoder=None):
+        """Args:
+        cache: where entries live.
+        feature_cfg: the acoustic feature settings (part of every key).
+        encoder: an `msjax.encoders` SSLModel for frozen SSL features, or None.
+        """
+        self.cache = cache
+        self.cfg = feature_cfg
+        self.encoder = encoder
+        self._memory: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+        self._entries: dict[str, Entry] = {}
+        self._extract_fn: Callable | None = None
+
+    # -- keys ---------------------------------------------------------------
+    def _key(self, kind: str, entry_hash: str) -> str:
+        parts = [self.cfg.fingerprint()]
+        if kind == "ssl":
+            parts.append(self.encoder.identity)
+        return self.cache.key(entry_hash, kind, *parts)
+
+    def _get(self, kind: str, entry: Entry | str) -> dict[str, np.ndarray] | None:
+        digest = entry.audio_hash if isinstance(entry, Entry) else entry
+        if not self.cache.enabled:
+            return self._memory.get((kind, digest))
+        return self.cache.get(kind, self._key(kind, digest))
+
+    def _put(self, kind: str, digest: str, arrays: dict[str, np.ndarray]) -> None:
+        if not self.cache.enabled:
+            self._memory[(kind, digest)] = arrays
+        else:
+            self.cache.put(kind, self._key(kind, digest), arrays)
+
+    # -- building -------------------------------------------------------------
+    def prepare(
+        self, dataset: Dataset, *, progress: Callable[[Iterable], Iterable] = lambda x: x
+    ) -> dict[str, Entry]:
+        """Makes sure every utterance has its acoustic, wav and (frozen) SSL entries.
+
+        A bad audio file raises AudioError naming it; what was computed before it
+        stays in the cache, so a rerun continues where this one stopped.
+
+        Returns:
+          uid -> Entry for every utterance of the dataset.
+        """
+        label_ids = {name: i for i, name in enumerate(dataset.labels)}
+        for utt in progress(dataset.utterances):
+            self._entries[utt.uid] = self._prepare_acoustic(utt, label_ids[utt.label])
+        if self.encoder is not None:
+            self._prepare_ssl([self._entries[u.uid] for u in dataset.utterances])
+        return {u.uid: self._entries[u.uid] for u in dataset.utterances}
+
+    def _prepare_acoustic(self, utt: Utterance, label: int) -> Entry:
+        digest = audio_hash(utt.path)
+        acoustic = self._get("acoustic", digest)
+        if acoustic is None or self._get("wav", digest) is None:
+            wav = load_audio(utt.path, self.cfg.sample_rate)
+            segments = segment(wav, utterance_features(wav, self.cfg), self.cfg)
+            acoustic = {"mfcc": segments.mfcc, "spec": segments.spec}
+            self._put("wav", digest, {"wav": segments.wav})
+            self._put("acoustic", digest, acoustic)
+        return Entry(utt.uid, label, int(acoustic["mfcc"].shape[0]), digest)
+
+    def _prepare_ssl(self, entries: Sequence[Entry]) -> None:
+        todo = [e for e in entries if self._get("ssl", e) is None]
+        batch = self.encoder.extract_batch_size
+        group: list[Entry] = []
+        for entry in todo:
+            group.append(entry)
+            if sum(e.num_segments for e in group) >= 4 * batch:
+                self._extract_group(group)
+                group = []
+        if group:
+            self._extract_group(group)
+
+    def _extract_group(self, group: Sequence[Entry]) -> None:
+        """Runs the frozen encoder over the segments of a few utterances."""
+        wavs = np.concatenate([self._get("wav", e)["wav"] for e in group])
+        feats = extract_ssl(self.encoder, wavs)
+        start = 0
+        for entry in group:
+            stop = start + entry.num_segments
+            self._put("ssl", entry.audio_hash, {"ssl": feats[start:stop]})
+            start = stop
+
+    # -- reading --------------------------------------------------------------
+    def load(self, entry: Entry, kinds: Sequence[str]) -> dict[str, np.ndarray]:
+        """Reads the arrays of one utterance: all segments of each requested kind."""
+        out: dict[str, np.ndarray] = {}
+        for kind in kinds:
+            arrays = self._get(kind, entry)
+            if arrays is None:  # evicted or corrupted since prepare(): rebuild it
+                raise LookupError(f"feature cache entry {kind}/{entry.uid} vanished; rerun")
+            out.update(arrays)
+        return out
+
+
+def extract_ssl(encoder, wavs: np.ndarray) -> np.ndarray:
+    """Frozen SSL features for waveform segments, in fixed-size jitted batches.
+
+    Args:
+      encoder: an SSLModel (module, params, normalize, extract_batch_size).
+      wavs: [S, N] raw 16 kHz segments.
+
+    Returns:
+      [S, F, D] float32 last hidden states.
+    """
+    batch = encoder.extract_batch_size
+    outputs = []
+    for start in range(0, len(wavs), batch):
+        chunk = wavs[start : start + batch]
+        padded = np.zeros((batch,) + wavs.shape[1:], np.float32)
+        padded[: len(chunk)] = chunk
+        outputs.append(np.asarray(encoder.features(padded))[: len(chunk)])
+    return np.concatenate(outputs)
+
+
+def segment_refs(entries: Sequence[Entry]) -> list[tuple[Entry, int]]:
+    """Every (utterance, segment index) pair of `entries`, in order."""
+    return [(e, s) for e in entries for s in range(e.num_segments)]
+
+
+def iterate_batches(
+    store: FeatureStore,
+    entries: Sequence[Entry],
+    batch_size: int,
+    kinds: Sequence[str],
+    *,
+    rng: np.random.Generator | None = None,
+) -> Iterator[tuple[dict[str, np.ndarray], list[str]]]:
+    """Yields fixed-shape batches of segments and the uid of each row.
+
+    The last batch is zero-padded to `batch_size` with `mask` 0 on the padding,
+    so every step sees one shape and jit traces once.
+
+    Args:
+      store: the feature store.
+      entries: the utterances of one split.
+      batch_size: rows per batch.
+      kinds: which entries to read ("acoustic", "ssl", "wav").
+      rng: shuffles the segments when given (training).
+
+    Yields:
+      (batch, uids): batch has every array of `kinds` stacked to [batch_size, ...]
+      plus `label` int32 [B] and `mask` float32 [B]; uids lists the valid rows.
+    """
+    refs = segment_refs(entries)
+    if rng is not None:
+        refs = [refs[i] for i in rng.permutation(len(refs))]
+    for start in range(0, len(refs), batch_size):
+        chunk = refs[start : start + batch_size]
+        loaded: dict[str, dict[str, np.ndarray]] = {}
+        rows: dict[str, list[np.ndarray]] = {}
+        for entry, s in chunk:
+            if entry.uid not in loaded:
+                loaded[entry.uid] = store.load(entry, kinds)
+            for name, array in loaded[entry.uid].items():
+                rows.setdefault(name, []).append(array[s])
+        batch = {name: _pad(np.stack(arrays), batch_size) for name, arrays in rows.items()}
+        batch["label"] = _pad(np.array([e.label for e, _ in chunk], np.int32), batch_size)
+        batch["mask"] = _pad(np.ones(len(chunk), np.float32), batch_size)
+        yield batch, [e.uid for e, _ in chunk]
+
+
+def _pad(array: np.ndarray, size: int) -> np.ndarray:
+    if len(array) == size:
+        return array
+    padding = np.zeros((size - len(array),) + array.shape[1:], array.dtype)
+    return np.concatenate([array, padding])
+
+
+def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
+    """Runs `iterator` in a background thread, `size` items ahead.
+
+    Reading and stacking the next batch overlaps the current jitted step.
+    Exceptions raised by the producer are re-raised in the consumer.
+    """
+    q: queue.Queue = queue.Queue(maxsize=size)
+    done = object()
+
+    def produce() -> None:
+        try:
+            for item in iterator:
+                q.put(item)
+        except BaseException as err:  # handed to the consumer
+            q.put(err)
+        q.put(done)
+
+    thread = threading.Thread(target=produce, daemon=True)
+    thread.start()
+    while True:
+        item = q.get()
+        if item is done:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def device_batch(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+    """Places a host batch on the devices, split along the batch axis."""
+    return {name: jax.device_put(array, sharding) for name, array in batch.items()}
+
+
+def cache_root(config_cache_dir: str, workdir: Path) -> Path:
+    """The cache directory a run uses: the configured one, else <workdir>/cache."""
+    return Path(config_cache_dir) if config_cache_dir else Path(workdir) / "cache"

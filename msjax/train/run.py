@@ -1,0 +1,272 @@
+"""Cross-validation driver: `train_and_evaluate(config, workdir)`.
+
+Loads the dataset, writes the folds, fills the feature cache, trains each fold
+(skipping finished ones, resuming a killed one) and writes the reports:
+
+  workdir/config.json        the resolved config
+  workdir/folds.json         every fold's membership and class counts
+  workdir/fold_XX/           checkpoints, result.json, predictions.csv, confusion.csv
+  workdir/results.json       protocol, seeds, versions, per-fold and mean ± std metrics
+  workdir/confusion.{csv,png}  pooled over the test folds
+  workdir/tsne_{plain,enhanced}.png  on request (config.tsne)
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from pathlib import Path
+
+import ml_collections
+import numpy as np
+import optax
+
+from msjax import metrics as M
+from msjax import report
+from msjax.cache import FeatureCache
+from msjax.data import load_dataset
+from msjax.data.folds import Fold, make_folds, summarize_folds, write_folds_json
+from msjax.data.records import Dataset
+from msjax.data.synthetic import generate_corpus
+from msjax.encoders import load_encoder
+from msjax.errors import UsageError
+from msjax.features import FeatureConfig
+from msjax.image import fit_minmax
+from msjax.train import setup
+from msjax.train.loop import FoldRunner
+from msjax.train.pipeline import FeatureStore, cache_root
+from msjax.train.steps import create_state, make_mesh, make_steps
+from msjax.train.tsne import write_tsne
+
+log = logging.getLogger(__name__)
+
+# Fields that may differ when a workdir is reused: they change where or which
+# folds run, not what a fold computes.
+_RERUN_FIELDS = ("fold", "use_cache", "cache_dir", "tsne")
+
+
+def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Dataset, list[Fold]]:
+    """Loads the dataset and builds its folds (no feature work)."""
+    root = setup.data_root(config, workdir)
+    if config.dataset == "synthetic" and not config.data_dir:
+        generate_corpus(root, **config.synthetic)
+    dataset = load_dataset(
+        config.dataset, root,
+        allow_count_mismatch=config.allow_count_mismatch,
+    )
+    folds = make_folds(
+        dataset, config.protocol, config.num_folds or None, config.seed, config.validation
+    )
+    if config.fold >= len(folds):
+        raise UsageError(f"--fold={config.fold}: {dataset.name} has folds 0..{len(folds) - 1}")
+    return dataset, folds
+
+
+def dry_run(config: ml_collections.ConfigDict, workdir: Path) -> str:
+    """The folds as `--dry_run` prints them: speakers and class counts per split."""
+    dataset, folds = prepare_data(config, workdir)
+    header = (
+        f"{dataset.name}: {len(dataset)} utterances, {len(dataset.speakers)} speakers, "
+        f"protocol {config.protocol}, validation {config.validation}, {len(folds)} folds"
+    )
+    return header + "\n" + summarize_folds(folds)
+
+
+def _check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """Refuses to mix runs of different configs in one workdir."""
+    path = workdir / "config.json"
+    current = json.loads(config.to_json_best_effort())
+    if path.exists():
+        previous = json.loads(path.read_text())
+        changed = sorted(
+            k for k in set(previous) | set(current)
+            if k not in _RERUN_FIELDS and previous.get(k) != current.get(k)
+        )
+        if changed:
+            raise UsageError(
+                f"{workdir}: was run with a different config ({', '.join(changed)} differ); "
+                "use a new --workdir"
+            )
+    else:
+        report.write_json(current, path)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+    """Runs the cross-validation the config describes; returns results.json's content.
+
+    Rerunning with the same workdir resumes: finished folds are skipped and a
+    fold that was interrupted continues from its last saved epoch.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    _check_workdir(config, workdir)
+    start = time.time()
+    dataset, folds = prepare_data(config, workdir)
+    labels = dataset.labels
+    write_folds_json(folds, workdir / "folds.json")
+
+    feature_cfg = FeatureConfig(**config.features)
+    encoder = load_encoder(
+        config.ssl.name, seed=config.seed, extract_batch_size=config.ssl.extract_batch_size
+    )
+    if config.ssl.finetune:
+        encoder = encoder.with_config(
+            mask_time_prob=config.ssl.mask_time_prob,
+            mask_time_length=config.ssl.mask_time_length,
+            layerdrop=config.ssl.layerdrop,
+            freeze_feature_encoder=config.ssl.freeze_feature_encoder,
+        )
+    cache = FeatureCache(cache_root(config.cache_dir, workdir), enabled=config.use_cache)
+    store = FeatureStore(cache, feature_cfg, None if config.ssl.finetune else encoder)
+    log.info("preparing features for %d utterances", len(dataset))
+    entries = store.prepare(dataset, progress=setup.progress("features"))
+
+    # One model and one pair of jitted steps for every fold: shapes agree, so
+    # the steps compile once per run.
+    mesh = make_mesh()
+    model = setup.build_model(
+        config.model, len(labels), feature_cfg, encoder, config.ssl.finetune
+    )
+    tx = optax.adam(config.optim.learning_rate)
+    train_step, eval_step = make_steps(
+        model, tx, mesh, image_size=tuple(config.image_size),
+        normalize_wav=setup.wav_normalizer(encoder) if config.ssl.finetune else None,
+        compute_dtype=setup.compute_dtype(config),
+    )
+    devices = mesh.devices.size
+    runner = FoldRunner(
+        store=store,
+        kinds=setup.batch_kinds(config),
+        train_step=train_step,
+        eval_step=eval_step,
+        batch_size=setup.round_up(config.optim.batch_size, devices),
+        eval_batch_size=setup.round_up(config.optim.eval_batch_size, devices),
+        num_epochs=config.optim.num_epochs,
+        patience=config.optim.patience,
+        seed=config.seed,
+        data_sharding=setup.data_sharding(mesh),
+        num_classes=len(labels),
+    )
+    run_folds = folds if config.fold < 0 else [folds[config.fold]]
+    for fold in run_folds:
+        fold_dir = workdir / f"fold_{fold.index:02d}"
+        if (fold_dir / "result.json").exists():
+            continue
+        params = setup.init_params(config, model, feature_cfg, encoder, fold.index)
+        metadata = setup.checkpoint_metadata(config, dataset, feature_cfg, encoder, fold)
+        result = run_fold(runner, fold_dir, fold, entries, params, tx, metadata, labels)
+        log.info(
+            "fold %d (test %s): WA %.4f UA %.4f F1 %.4f, best epoch %d",
+            fold.index, ",".join(fold.test_speakers) or "-", result["wa"], result["ua"],
+            result["f1"], result["best_epoch"],
+        )
+    done = [workdir / f"fold_{f.index:02d}" / "result.json" for f in folds]
+    if not all(p.exists() for p in done):
+        missing = [f.index for f, p in zip(folds, done) if not p.exists()]
+        log.info("folds %s not finished yet; results.json is written when all are", missing)
+        return {}
+    results = summarize_run(config, workdir, dataset, folds, time.time() - start)
+    if config.tsne:
+        write_tsne(config, workdir, dataset, folds, entries, store, encoder)
+    return results
+
+
+def run_fold(
+    runner: FoldRunner,
+    fold_dir: Path,
+    fold: Fold,
+    entries: dict,
+    params: dict,
+    tx: optax.GradientTransformation,
+    metadata: dict,
+    labels: tuple[str, ...],
+) -> dict:
+    """Trains and tests one fold; writes and returns its result.json content."""
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    splits = {name: [entries[u] for u in fold.split(name)] for name in ("train", "val", "test")}
+    specs = (s for e in splits["train"] for s in runner.store.load(e, ["acoustic"])["spec"])
+    norm = fit_minmax(specs)
+    state = create_state(params, tx, {"lo": norm.lo, "hi": norm.hi})
+    out = runner.run(fold_dir, fold.index, state, splits, metadata)
+    test, loop = out["test"], out["loop"]
+    _write_predictions(fold_dir / "predictions.csv", test, labels)
+    report.write_confusion_csv(test["cm"], labels, fold_dir / "confusion.csv")
+    result = {
+        "fold": fold.index,
+        "test_speakers": list(fold.test_speakers),
+        "val_speakers": list(fold.val_speakers),
+        "best_epoch": loop["best_epoch"],
+        "epochs_run": loop["epoch"],
+        "best_val_score": loop["best_score"],
+        "wa": test["wa"],
+        "ua": test["ua"],
+        "f1": test["f1"],
+        "per_class_recall": dict(zip(labels, M.per_class_recall(test["cm"]).tolist())),
+        "confusion": test["cm"].tolist(),
+        "history": loop["history"],
+    }
+    report.write_json(result, fold_dir / "result.json")
+    return result
+
+
+def _write_predictions(path: Path, test: dict, labels) -> None:
+    probs = np.exp(test["logprobs"])
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["uid", "label", "prediction", *[f"p_{name}" for name in labels]])
+        for uid, label, p in zip(test["uids"], test["labels"], probs):
+            writer.writerow([uid, labels[label], labels[int(p.argmax())], *np.round(p, 6)])
+
+
+def summarize_run(config, workdir: Path, dataset: Dataset, folds, seconds: float) -> dict:
+    """Writes results.json, the pooled confusion matrix and prints the final table."""
+    per_fold = [
+        json.loads((workdir / f"fold_{f.index:02d}" / "result.json").read_text()) for f in folds
+    ]
+    pooled = np.sum([np.array(r["confusion"]) for r in per_fold], axis=0)
+    summary = {k: M.summarize([r[k] for r in per_fold]) for k in ("wa", "ua", "f1")}
+    results = {
+        "dataset": dataset.name,
+        "labels": list(dataset.labels),
+        "protocol": config.protocol,
+        "validation": config.validation,
+        "num_folds": len(folds),
+        "seed": config.seed,
+        "ssl": config.ssl.name,
+        "finetune_ssl": config.ssl.finetune,
+        "model": config.model.to_dict(),
+        "folds": [
+            {k: r[k] for k in ("fold", "test_speakers", "best_epoch", "wa", "ua", "f1",
+                               "per_class_recall")}
+            for r in per_fold
+        ],
+        "mean": {k: v[0] for k, v in summary.items()},
+        "std": {k: v[1] for k, v in summary.items()},
+        "pooled": {
+            "wa": M.weighted_accuracy(pooled),
+            "ua": M.unweighted_accuracy(pooled),
+            "f1": M.macro_f1(pooled),
+            "per_class_recall": dict(zip(dataset.labels, M.per_class_recall(pooled).tolist())),
+            "confusion": pooled.tolist(),
+        },
+        "seconds": seconds,
+        "environment": report.environment_info(Path(__file__).resolve().parents[2]),
+    }
+    report.write_json(results, workdir / "results.json")
+    report.write_confusion_csv(pooled, dataset.labels, workdir / "confusion.csv")
+    report.plot_confusion_png(
+        pooled, dataset.labels, workdir / "confusion.png",
+        title=f"MS-EmoBoost on {dataset.name} ({len(folds)} folds)",
+    )
+    rows = [
+        {"fold": r["fold"], "test": ",".join(r["test_speakers"]) or "-",
+         "WA": 100 * r["wa"], "UA": 100 * r["ua"], "F1": 100 * r["f1"]}
+        for r in per_fold
+    ]
+    rows.append({"fold": "mean ± std", "test": "", **{
+        name: (100 * summary[k][0], 100 * summary[k][1])
+        for name, k in (("WA", "wa"), ("UA", "ua"), ("F1", "f1"))}})
+    print(report.format_table(rows, ["fold", "test", "WA", "UA", "F1"]), flush=True)
+    return results

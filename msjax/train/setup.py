@@ -1,0 +1,135 @@
+"""The pieces of a run that follow from its config: model, params, shardings, metadata."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm import tqdm
+
+import msjax
+from msjax.convert.hf import normalize_waveform
+from msjax.convert.torchvision import alexnet_params
+from msjax.data.folds import Fold
+from msjax.data.records import Dataset
+from msjax.encoders import Encoder
+from msjax.errors import CheckpointError
+from msjax.features import FeatureConfig
+from msjax.models.emoboost import MSEmoBoost, dummy_batch, from_configs, replace_alexnet
+
+
+def data_root(config: ml_collections.ConfigDict, workdir: Path) -> Path:
+    """The dataset directory; the synthetic corpus defaults to <workdir>/corpus."""
+    if config.data_dir:
+        return Path(config.data_dir)
+    return Path(workdir) / "corpus"
+
+
+def progress(desc: str) -> Callable[[Iterable], Iterable]:
+    """A tqdm wrapper (silent when stderr is not a terminal)."""
+    return lambda items: tqdm(items, desc=desc, leave=False, disable=None)
+
+
+def build_model(
+    model_cfg: dict | ml_collections.ConfigDict,
+    num_classes: int,
+    feature_cfg: FeatureConfig,
+    encoder: Encoder,
+    finetune: bool,
+) -> MSEmoBoost:
+    """MS-EmoBoost with frame count and width derived from the encoder's config."""
+    m = dict(model_cfg)
+    return from_configs(
+        num_classes, feature_cfg, encoder.config,
+        use_attention=m["use_attention"], use_mfcc=m["use_mfcc"],
+        use_spectrogram=m["use_spectrogram"], baseline=m["baseline"],
+        lstm_hidden=m["lstm_hidden"], lstm_dropout=m["lstm_dropout"], dropout=m["dropout"],
+        branch_features=m["branch_dim"], encoder=encoder.module if finetune else None,
+    )
+
+
+def init_params(
+    config: ml_collections.ConfigDict,
+    model: MSEmoBoost,
+    feature_cfg: FeatureConfig,
+    encoder: Encoder,
+    fold: int,
+) -> dict:
+    """Fresh head params (seeded by seed and fold), ported AlexNet, pretrained encoder."""
+    rng = jax.random.fold_in(jax.random.key(config.seed), fold)
+    batch = dummy_batch(model, feature_cfg, 1, tuple(config.image_size))
+    params = jax.jit(lambda r, b: model.init(r, b, train=False))(rng, batch)["params"]
+    params = dict(params)
+    if "alexnet" in params:
+        if config.model.alexnet_weights:
+            params = replace_alexnet(params, alexnet_params(Path(config.model.alexnet_weights)))
+        elif not config.model.random_alexnet:
+            raise CheckpointError(
+                "--config.model.alexnet_weights is empty: port torchvision's ImageNet AlexNet "
+                "once with bin/port_alexnet and pass the file, or set "
+                "--config.model.random_alexnet=true to train it from scratch"
+            )
+    if model.encoder is not None:
+        params["encoder"] = encoder.params
+    return params
+
+
+def wav_normalizer(encoder: Encoder) -> Callable | None:
+    """The encoder's waveform normalisation (fine-tuning feeds raw segments)."""
+    return normalize_waveform if encoder.normalize else None
+
+
+def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+    """float32, or bfloat16 for mixed precision."""
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.compute_dtype]
+
+
+def batch_kinds(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """Feature-store entries a batch reads."""
+    return ("acoustic", "wav" if config.ssl.finetune else "ssl")
+
+
+def round_up(n: int, multiple: int) -> int:
+    """n rounded up to a multiple (batches split evenly over devices)."""
+    return int(math.ceil(n / multiple) * multiple)
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+    """Batches split along their first axis over the mesh."""
+    return NamedSharding(mesh, PartitionSpec("data"))
+
+
+def checkpoint_metadata(
+    config: ml_collections.ConfigDict,
+    dataset: Dataset,
+    feature_cfg: FeatureConfig,
+    encoder: Encoder,
+    fold: Fold,
+) -> dict[str, Any]:
+    """What a best checkpoint must carry to predict on its own."""
+    return {
+        "msjax_version": msjax.__version__,
+        "dataset": dataset.name,
+        "labels": list(dataset.labels),
+        "fold": fold.index,
+        "test_speakers": list(fold.test_speakers),
+        "features": feature_cfg.to_dict(),
+        "image_size": list(config.image_size),
+        "model": config.model.to_dict(),
+        "compute_dtype": config.compute_dtype,
+        "ssl": {
+            "name": encoder.name,
+            "identity": encoder.identity,
+            "normalize": encoder.normalize,
+            "finetune": config.ssl.finetune,
+            "seed": config.seed,
+            "config": dataclasses.asdict(encoder.config),
+        },
+    }

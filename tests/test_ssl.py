@@ -1,0 +1,327 @@
+"""Tests for the Flax wav2vec2/HuBERT encoder and its Hugging Face checkpoint loader.
+
+Tiny random transformers models (PyTorch, CPU) are saved locally and loaded with
+`load_ssl`; the Flax forward pass must match PyTorch's within 1e-4.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+import transformers
+
+from msjax.convert.hf import load_ssl, normalize_waveform
+from msjax.errors import CheckpointError
+from msjax.models.ssl import SSLConfig, SSLEncoder, _span_mask
+
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=37,
+    conv_dim=(8, 8, 8, 8, 8, 8, 8),
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+)
+VARIANTS = {
+    "wav2vec2-group": (transformers.Wav2Vec2Config, transformers.Wav2Vec2Model, "group", False),
+    "wav2vec2-layer": (transformers.Wav2Vec2Config, transformers.Wav2Vec2Model, "layer", True),
+    "hubert-group": (transformers.HubertConfig, transformers.HubertModel, "group", False),
+    "hubert-layer": (transformers.HubertConfig, transformers.HubertModel, "layer", True),
+}
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compiles():
+    """Tiny models compile far longer than they run; XLA's optimisations do not pay here."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def _torch_model(variant: str, seed: int = 0) -> torch.nn.Module:
+    config_cls, model_cls, norm, stable = VARIANTS[variant]
+    config = config_cls(**TINY, feat_extract_norm=norm, do_stable_layer_norm=stable, conv_bias=stable)
+    torch.manual_seed(seed)
+    model = model_cls(config).eval()
+    # Perturb every tensor so that norms' scales/biases and the weight-norm gain (all
+    # initialised to trivial values) are really checked by the parity tests.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def _save(model: torch.nn.Module, path, *, normalize=True, fmt: str = "safetensors"):
+    """Saves as transformers does ('safetensors'), as pytorch_model.bin ('bin'), or with
+    the legacy weight_g/weight_v names ('legacy')."""
+    if fmt == "safetensors":
+        model.save_pretrained(path)
+    else:
+        model.config.save_pretrained(path)
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if fmt == "bin":
+            torch.save(state, path / "pytorch_model.bin")
+        else:
+            renamed = {
+                k.replace("parametrizations.weight.original0", "weight_g").replace(
+                    "parametrizations.weight.original1", "weight_v"
+                ): v.numpy()
+                for k, v in state.items()
+            }
+            assert any(k.endswith("weight_g") for k in renamed)
+            safetensors.numpy.save_file(renamed, str(path / "model.safetensors"))
+    if normalize is not None:
+        transformers.Wav2Vec2FeatureExtractor(do_normalize=normalize).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """variant -> (torch model, checkpoint directory)."""
+    out = {}
+    for variant in VARIANTS:
+        model = _torch_model(variant)
+        out[variant] = (model, _save(model, tmp_path_factory.mktemp(variant)))
+    return out
+
+
+def _torch_forward(model, wav: np.ndarray):
+    with torch.no_grad():
+        out = model(torch.from_numpy(wav), output_hidden_states=True)
+    return out.last_hidden_state.numpy(), [h.numpy() for h in out.hidden_states]
+
+
+def _max_diff(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_matches_pytorch(saved, variant):
+    model, path = saved[variant]
+    ssl = load_ssl(path)
+    assert ssl.config.model_type == variant.split("-")[0]
+    apply = jax.jit(lambda p, x: ssl.module.apply({"params": p}, x, output_hidden_states=True))
+    rng = np.random.default_rng(0)
+    for n in (400, 1234, 4321):
+        wav = rng.standard_normal((3, n)).astype(np.float32)
+        last, hidden = _torch_forward(model, wav)
+        out = apply(ssl.params, wav)
+        assert out["last_hidden_state"].shape == (3, ssl.config.num_frames(n), 32)
+        assert _max_diff(out["last_hidden_state"], last) < TOL
+        assert len(out["hidden_states"]) == len(hidden) == 3
+        for ours, theirs in zip(out["hidden_states"], hidden):
+            assert _max_diff(ours, theirs) < TOL
+
+
+def test_short_input_is_zero_padded(saved):
+    model, path = saved["wav2vec2-group"]
+    ssl = load_ssl(path)
+    wav = np.random.default_rng(1).standard_normal((2, 250)).astype(np.float32)
+    last, _ = _torch_forward(model, np.pad(wav, ((0, 0), (0, 150))))
+    out = ssl.module.apply({"params": ssl.params}, wav)["last_hidden_state"]
+    assert out.shape == (2, 1, 32)
+    assert _max_diff(out, last) < TOL
+
+
+@pytest.mark.parametrize("fmt", ["bin", "legacy"])
+def test_other_weight_files(tmp_path, saved, fmt):
+    model, path = saved["wav2vec2-layer"]
+    ssl = load_ssl(_save(model, tmp_path, fmt=fmt))
+    wav = np.random.default_rng(2).standard_normal((2, 2000)).astype(np.float32)
+    out = ssl.module.apply({"params": ssl.params}, wav)["last_hidden_state"]
+    assert _max_diff(out, _torch_forward(model, wav)[0]) < TOL
+    # Same tensors under another file format or spelling: same cache identity.
+    assert ssl.identity == load_ssl(path).identity
+
+
+def test_num_frames_matches_transformers(saved):
+    model, _ = saved["hubert-group"]
+    config = SSLConfig.from_hf_config(model.config.to_dict())
+    lengths = np.arange(400, 160_001, 37)
+    expected = model._get_feat_extract_output_lengths(torch.from_numpy(lengths)).numpy()
+    assert [config.num_frames(int(n)) for n in lengths] == expected.tolist()
+    assert config.receptive_field == 400
+    assert config.num_frames(48_000) == 149
+    assert config.num_frames(10) == 1
+
+
+def _edited_checkpoint(tmp_path, saved, edit):
+    model, _ = saved["wav2vec2-group"]
+    path = _save(model, tmp_path)
+    tensors = safetensors.numpy.load_file(str(path / "model.safetensors"))
+    edit(tensors)
+    safetensors.numpy.save_file(tensors, str(path / "model.safetensors"))
+    return path
+
+
+def test_strict_missing_key(tmp_path, saved):
+    name = "encoder.layers.1.attention.q_proj.weight"
+    path = _edited_checkpoint(tmp_path, saved, lambda t: t.pop(name))
+    with pytest.raises(CheckpointError, match="missing: " + name):
+        load_ssl(path)
+
+
+def test_strict_unexpected_key(tmp_path, saved):
+    name = "encoder.layers.0.attention.extra_proj.weight"
+    path = _edited_checkpoint(tmp_path, saved, lambda t: t.update({name: np.zeros((2, 2), np.float32)}))
+    with pytest.raises(CheckpointError, match="unexpected: " + name):
+        load_ssl(path)
+
+
+def test_strict_wrong_shape(tmp_path, saved):
+    name = "feature_projection.projection.weight"
+    path = _edited_checkpoint(tmp_path, saved, lambda t: t.update({name: np.zeros((32, 9), np.float32)}))
+    with pytest.raises(CheckpointError, match="wrong shape: " + name):
+        load_ssl(path)
+
+
+def test_known_heads_are_ignored(tmp_path, saved):
+    def add_heads(tensors):
+        for key in list(tensors):
+            tensors["wav2vec2." + key] = tensors.pop(key)
+        tensors["project_q.weight"] = np.zeros((4, 4), np.float32)
+        tensors["quantizer.codevectors"] = np.zeros((1, 4, 4), np.float32)
+
+    assert load_ssl(_edited_checkpoint(tmp_path, saved, add_heads)).config.hidden_size == 32
+
+
+def test_hub_id_offline_says_how_to_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(CheckpointError, match="download") as err:
+        load_ssl("facebook/wav2vec2-base")
+    assert "facebook/wav2vec2-base" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_ssl(tmp_path / "nothing" / "here")
+
+
+def test_normalization_flag(tmp_path, saved):
+    model, path = saved["hubert-group"]
+    assert load_ssl(path).normalize is True
+    model.config.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes((path / "model.safetensors").read_bytes())
+    # No preprocessor config: HuBERT Base defaults to no normalisation.
+    assert load_ssl(tmp_path).normalize is False
+    transformers.Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(tmp_path)
+    assert load_ssl(tmp_path).normalize is False
+
+
+def test_normalize_waveform_matches_feature_extractor():
+    wav = np.random.default_rng(3).standard_normal((2, 3000)).astype(np.float32) * 0.3 + 0.1
+    extractor = transformers.Wav2Vec2FeatureExtractor(do_normalize=True)
+    expected = extractor(list(wav), sampling_rate=16000, return_tensors="np")["input_values"]
+    np.testing.assert_allclose(normalize_waveform(wav), expected, atol=1e-5)
+
+
+def _tiny_encoder(**overrides) -> tuple[SSLEncoder, dict]:
+    config = SSLConfig(
+        **TINY,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        **overrides,
+    )
+    module = SSLEncoder(config)
+    params = module.init(jax.random.key(0), jnp.zeros((1, 400)))["params"]
+    return module, params
+
+
+def test_masking_only_in_training():
+    module, params = _tiny_encoder(layerdrop=0.0, mask_time_prob=0.5, mask_time_length=3)
+    wav = jnp.asarray(np.random.default_rng(4).standard_normal((2, 8000)), jnp.float32)
+
+    @functools.partial(jax.jit, static_argnames="train")
+    def run(rng, train):
+        return module.apply({"params": params}, wav, train=train, rngs={"mask": rng})
+
+    evaluated = run(jax.random.key(1), False)["last_hidden_state"]
+    plain = module.apply({"params": params}, wav)["last_hidden_state"]
+    np.testing.assert_allclose(evaluated, plain, atol=1e-5)
+    first = run(jax.random.key(1), True)["last_hidden_state"]
+    assert _max_diff(first, plain) > 1e-3
+    np.testing.assert_array_equal(first, run(jax.random.key(1), True)["last_hidden_state"])
+    assert _max_diff(first, run(jax.random.key(2), True)["last_hidden_state"]) > 1e-3
+
+
+def test_span_mask_follows_transformers_counts():
+    # length 100, p 0.05, span 10: int(0.5 + u) in {0, 1} spans, raised to min 2.
+    masks = jax.vmap(lambda k: _span_mask(k, 4, 100, 0.05, 10, 2))(
+        jax.random.split(jax.random.key(0), 50)
+    )
+    counts = np.asarray(masks.sum(-1))
+    assert counts.min() >= 10 and counts.max() <= 20
+    # Every masked run is a whole span (>= 10 frames).
+    edges = np.diff(np.pad(np.asarray(masks, np.int8), ((0, 0), (0, 0), (1, 1))), axis=-1)
+    starts, ends = np.nonzero(edges == 1), np.nonzero(edges == -1)
+    assert np.all(ends[-1] - starts[-1] >= 10)
+    assert not np.asarray(_span_mask(jax.random.key(0), 2, 5, 0.05, 10, 2)).any()
+
+
+def test_layerdrop_only_in_training():
+    wav = jnp.asarray(np.random.default_rng(5).standard_normal((2, 4000)), jnp.float32)
+    module, params = _tiny_encoder(layerdrop=1.0, mask_time_prob=0.0)
+    rngs = {"dropout": jax.random.key(0)}
+    out = module.apply({"params": params}, wav, train=True, output_hidden_states=True, rngs=rngs)
+    states = out["hidden_states"]
+    assert all(_max_diff(s, states[0]) == 0 for s in states)  # every layer skipped
+    full = module.apply({"params": params}, wav, output_hidden_states=True)["hidden_states"]
+    assert _max_diff(full[-1], full[0]) > 1e-3
+
+    module, params = _tiny_encoder(layerdrop=0.5, mask_time_prob=0.0)
+    run = jax.jit(
+        lambda k: module.apply({"params": params}, wav, train=True, rngs={"dropout": k})
+    )
+    outs = [np.asarray(run(jax.random.key(i))["last_hidden_state"]) for i in range(6)]
+    np.testing.assert_array_equal(outs[0], np.asarray(run(jax.random.key(0))["last_hidden_state"]))
+    assert len({o.tobytes() for o in outs}) > 1
+
+
+def test_freeze_feature_encoder_stops_conv_gradients():
+    wav = jnp.asarray(np.random.default_rng(6).standard_normal((2, 2000)), jnp.float32)
+
+    def grads(freeze):
+        module, params = _tiny_encoder(freeze_feature_encoder=freeze, layerdrop=0.0)
+        loss = lambda p: jnp.sum(module.apply({"params": p}, wav)["last_hidden_state"] ** 2)
+        return jax.grad(loss)(params)
+
+    frozen, free = grads(True), grads(False)
+    conv_norm = lambda g: sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g["feature_extractor"]))
+    assert conv_norm(frozen) == 0.0
+    assert conv_norm(free) > 0.0
+    assert float(jnp.abs(frozen["feature_projection"]["projection"]["kernel"]).sum()) > 0.0
+
+
+def test_bfloat16_compute_keeps_float32_params(saved):
+    model, path = saved["wav2vec2-group"]
+    ssl = load_ssl(path, dtype=jnp.bfloat16, overrides={"layerdrop": 0.0})
+    assert ssl.config.layerdrop == 0.0
+    assert {x.dtype for x in jax.tree.leaves(ssl.params)} == {jnp.dtype(jnp.float32)}
+    wav = np.random.default_rng(7).standard_normal((2, 2000)).astype(np.float32)
+    out = ssl.module.apply({"params": ssl.params}, wav)["last_hidden_state"]
+    assert out.dtype == jnp.bfloat16
+    # Post-LN outputs are O(1); bf16 keeps about 2-3 significant digits.
+    assert _max_diff(out, _torch_forward(model, wav)[0]) < 0.25
+    assert ssl.identity != load_ssl(path).identity
+
+
+def test_config_round_trip_and_errors(saved):
+    model, _ = saved["hubert-layer"]
+    config = SSLConfig.from_hf_config(model.config.to_dict(), layerdrop=0.0)
+    assert dataclasses.replace(config, layerdrop=model.config.layerdrop) == SSLConfig.from_hf_config(
+        model.config.to_dict()
+    )
+    assert config.do_stable_layer_norm and config.conv_bias and config.model_type == "hubert"
+    with pytest.raises(ValueError, match="adapter"):
+        SSLConfig.from_hf_config({"model_type": "wav2vec2", "add_adapter": True})
