@@ -1,7 +1,6 @@
 """Flax (linen) models: AlexNet features, Bi-LSTM, residual attention, MS-EmoBoost.
 
-All Flax imports of msjax live in this package, so the rest of the code base only
-sees `init`/`apply` and plain parameter pytrees.
+Every model is used through linen's pure `init`/`apply` with plain dict parameter trees.
 """
 
 from msjax.models.alexnet import AlexNetFeatures, adaptive_avg_pool

@@ -57,8 +57,8 @@ def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int] = (6, 6)) -> ja
     Returns:
         [B, out_h, out_w, C].
     """
-    rows = jnp.asarray(_bin_matrix(x.shape[1], output_size[0]))
-    cols = jnp.asarray(_bin_matrix(x.shape[2], output_size[1]))
+    rows = jnp.asarray(_bin_matrix(x.shape[1], output_size[0]), x.dtype)
+    cols = jnp.asarray(_bin_matrix(x.shape[2], output_size[1]), x.dtype)
     # Separable: each output is the mean of a rectangular bin = row mean of column means.
     return jnp.einsum("ih,bhwc,jw->bijc", rows, x, cols, precision=jax.lax.Precision.HIGHEST)
 

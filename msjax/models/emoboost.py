@@ -167,7 +167,7 @@ class MSEmoBoost(nn.Module):
         if self.spec_tokens == "channel":
             tokens = tokens.transpose(0, 2, 1)
         elif self.spec_tokens != "spatial":
-            raise ValueError(f"spec_tokens must be 'spatial' or 'channel', not {self.spec_tokens!r}")
+            raise ValueError(f"spec_tokens is 'spatial' or 'channel', not {self.spec_tokens!r}")
         if self.use_attention:
             tokens = ResidualSelfAttention(name="spec_attention")(tokens)
         if self.spec_tokens == "spatial":

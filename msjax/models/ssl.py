@@ -31,6 +31,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Dtype = Any
 
@@ -168,16 +169,16 @@ def _span_mask(
     if span > length:
         return jnp.zeros((batch, length), bool)
 
-    def clamp(n):
-        n = jnp.maximum(n, min_spans)
-        n = jnp.where(n * span > length, length // span, n)
-        return jnp.minimum(n, length - span + 1)
+    def clamp(n, xp):  # xp: numpy for the static bound, jax.numpy for the drawn count
+        n = xp.maximum(n, min_spans)
+        n = xp.where(n * span > length, length // span, n)
+        return xp.minimum(n, length - span + 1)
 
     num_starts = length - span + 1
-    max_spans = int(clamp(math.floor(prob * length / span) + 1))
+    max_spans = int(clamp(math.floor(prob * length / span) + 1, np))
     count_rng, start_rng = jax.random.split(rng)
     eps = jax.random.uniform(count_rng)
-    count = clamp(jnp.floor(prob * length / span + eps).astype(jnp.int32))
+    count = clamp(jnp.floor(prob * length / span + eps).astype(jnp.int32), jnp)
     # The top-k of i.i.d. uniforms is a uniformly random subset, in random order.
     _, starts = jax.lax.top_k(jax.random.uniform(start_rng, (batch, num_starts)), max_spans)
     active = jnp.arange(max_spans) < count  # [S]
