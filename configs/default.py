@@ -74,6 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
             use_mfcc=True,
             use_spectrogram=True,
             baseline=False,
+            # Classifier starts at zero instead of torch's random init: keeps X_enh's
+            # ReLU from dying early in training (see MSEmoBoost.zero_init_classifier).
+            zero_init_classifier=True,
             alexnet_weights="",  # msjax params file from bin/port_alexnet
             random_alexnet=False,  # allow random AlexNet init (tests, smoke runs)
         )

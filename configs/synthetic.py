@@ -25,8 +25,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.random_alexnet = True
     config.image_size = (128, 192)
     config.model.lstm_hidden = 64
-    config.optim.learning_rate = 3e-4
+    config.optim.learning_rate = 1e-3
     config.optim.batch_size = 16
-    config.optim.num_epochs = 8
-    config.optim.patience = 4
+    config.optim.num_epochs = 12
+    config.optim.patience = 6
     return config

@@ -46,7 +46,7 @@ from msjax.errors import UsageError
 
 # Bump when the feature computation changes in a way the fields do not capture, so
 # that caches keyed by `FeatureConfig.fingerprint()` are invalidated.
-FEATURES_VERSION = "msjax-features-1"
+FEATURES_VERSION = "msjax-features-2"
 
 # STFT frames processed at once: 256 frames of 2048 float32 samples (2 MiB) stay
 # in cache; whole-utterance framing is several times slower for long files.
@@ -361,8 +361,8 @@ def num_segments(n_samples: int, cfg: FeatureConfig) -> int:
     return max(1, math.ceil(n_samples / cfg.segment_samples))
 
 
-def _cut(x: np.ndarray, count: int, length: int, axis: int) -> np.ndarray:
-    """Zero-pads or truncates `axis` to count * length, then cuts it into `count` pieces.
+def _cut(x: np.ndarray, count: int, length: int, axis: int, fill: float = 0.0) -> np.ndarray:
+    """Pads (with `fill`) or truncates `axis` to count * length, then cuts it into pieces.
 
     Returns an array with a new leading axis of size `count`, `axis` (shifted by one)
     now of size `length`.
@@ -371,7 +371,7 @@ def _cut(x: np.ndarray, count: int, length: int, axis: int) -> np.ndarray:
     total = count * length
     x = np.moveaxis(x, axis, -1)[..., :total]
     pad = [(0, 0)] * (x.ndim - 1) + [(0, total - x.shape[-1])]
-    x = np.pad(x, pad).reshape(*x.shape[:-1], count, length)
+    x = np.pad(x, pad, constant_values=fill).reshape(*x.shape[:-1], count, length)
     # [..., count, length] -> [count, ..., length], then `length` back to `axis`.
     return np.ascontiguousarray(np.moveaxis(np.moveaxis(x, -2, 0), -1, axis + 1))
 
@@ -381,8 +381,10 @@ def segment(wav: np.ndarray, feats: dict[str, np.ndarray], cfg: FeatureConfig) -
 
     Segment k holds samples [k * segment_samples, (k + 1) * segment_samples) and
     frames [k * segment_frames, (k + 1) * segment_frames); the last segment is
-    zero-padded and frames past the last segment (the one centred on the final
-    sample of an exact multiple of 3 s) are dropped.
+    padded with silence: zeros for the waveform and MFCC, the -top_db floor for the
+    spectrogram (its 0 dB is the utterance's loudest bin, not silence); frames past
+    the last segment (the one centred on the final sample of an exact multiple of
+    3 s) are dropped.
 
     Args:
         wav: [N] waveform to cut, as the SSL encoder should see it (the raw 16 kHz
@@ -405,5 +407,5 @@ def segment(wav: np.ndarray, feats: dict[str, np.ndarray], cfg: FeatureConfig) -
     return Segments(
         wav=_cut(wav, count, cfg.segment_samples, axis=0),
         mfcc=_cut(feats["mfcc"], count, cfg.segment_frames, axis=0),
-        spec=_cut(feats["spec"], count, cfg.segment_frames, axis=1),
+        spec=_cut(feats["spec"], count, cfg.segment_frames, axis=1, fill=-cfg.top_db),
     )

@@ -24,7 +24,11 @@ from msjax.models.emoboost import (
 # Small stand-ins keep the tests fast: a 64x64 image gives a 1x1 AlexNet map, which
 # the adaptive pooling still spreads to 6x6.
 B, FRAMES, SSL_FRAMES, SSL_DIM, CLASSES = 2, 12, 5, 8, 4
-SMALL = dict(num_classes=CLASSES, ssl_frames=SSL_FRAMES, ssl_dim=SSL_DIM, lstm_hidden=8)
+# torch's random classifier init, so logits depend on every input from the start.
+SMALL = dict(
+    num_classes=CLASSES, ssl_frames=SSL_FRAMES, ssl_dim=SSL_DIM, lstm_hidden=8,
+    zero_init_classifier=False,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +186,18 @@ def test_variants(variant, top_level):
     if "spec_attention" in params:
         width = 36 if model.spec_tokens == "channel" else 256
         assert params["spec_attention"]["query"]["kernel"].shape == (width, width)
+
+
+def test_classifier_starts_at_zero_by_default():
+    """Default init: uniform logits, while the branches and X_enh are random (not dead)."""
+    model = MSEmoBoost(**{**SMALL, "zero_init_classifier": True})
+    batch = _batch()
+    params = model.init(jax.random.key(0), batch, train=False)["params"]
+    assert not np.any(np.asarray(params["classifier"]["kernel"]))
+    assert not np.any(np.asarray(params["classifier"]["bias"]))
+    logits, feats = model.apply({"params": params}, batch, train=False, return_features=True)
+    np.testing.assert_array_equal(logits, 0.0)
+    assert 0.1 < float(jnp.mean(feats["enhancement"] > 0)) < 0.9
 
 
 def test_spectrogram_flatten_is_nchw():

@@ -118,6 +118,15 @@ def test_stratified_folds(emodb_like):
     assert [f.test for f in other] != [f.test for f in folds]
 
 
+def test_stratified_small_corpus_validates_every_class():
+    # 10% of 14 training utterances is fewer than the 7 classes: one per class instead.
+    folds = make_folds(fake_dataset(["01"], EMODB_LABELS, per_class=4), "stratified", 2, seed=0)
+    for fold in folds:
+        assert all(n == 1 for n in fold.class_counts["val"].values())
+    with pytest.raises(UsageError, match="class with one utterance"):
+        make_folds(fake_dataset(["01"], EMODB_LABELS, per_class=2), "stratified", 2, seed=0)
+
+
 def test_heldout_needs_a_training_speaker():
     ds = fake_dataset(["01", "02"], EMODB_LABELS)
     with pytest.raises(UsageError, match="needs 2 speakers outside every test fold"):

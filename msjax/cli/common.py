@@ -8,6 +8,7 @@ Exit codes: 0 success, 2 usage error, 3 data error (one-line messages).
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -73,6 +74,39 @@ def resolved_config() -> ml_collections.ConfigDict:
             config.ssl.name = FLAGS.ssl
         if FLAGS.finetune_ssl is not None:
             config.ssl.finetune = FLAGS.finetune_ssl
+        if FLAGS.no_cache:
+            config.use_cache = False
+    return config
+
+
+# Flags that choose where or which folds run; anything else changes what a run computes.
+_RESUME_FLAGS = ("workdir", "resume", "fold", "tsne", "no_cache", "dataset")
+
+
+def saved_config() -> ml_collections.ConfigDict:
+    """The config saved in --workdir's config.json, with --fold and --no_cache applied.
+
+    Raises:
+        UsageError: no --workdir, nothing saved there, or flags that would change the run.
+    """
+    if not FLAGS.workdir:
+        raise UsageError("--resume needs the --workdir of the run to continue")
+    path = Path(FLAGS.workdir) / "config.json"
+    if not path.is_file():
+        raise UsageError(f"{path}: not found; there is no run to resume in {FLAGS.workdir}")
+    names = [arg[2:].split("=", 1)[0] for arg in sys.argv[1:] if arg.startswith("--")]
+    changing = sorted(
+        f"--{name}" for name in names
+        if name not in _RESUME_FLAGS and name.removeprefix("no") not in _RESUME_FLAGS
+    )
+    if changing:
+        raise UsageError(
+            f"--resume continues {path} as it was saved; drop {', '.join(changing)}"
+        )
+    config = ml_collections.ConfigDict(json.loads(path.read_text()))
+    with config.unlocked():
+        if FLAGS.fold is not None:
+            config.fold = FLAGS.fold
         if FLAGS.no_cache:
             config.use_cache = False
     return config

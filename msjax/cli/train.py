@@ -4,6 +4,7 @@
     bin/train --dataset=emovo --data_dir=EMOVO --folds=10
     bin/train --dataset=emodb --data_dir=emodb --fold=3     # one fold, e.g. a cluster job
     bin/train --dataset=emodb --data_dir=emodb --dry_run    # print the folds and exit
+    bin/train --workdir=runs/emodb --resume                 # continue a killed run
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from msjax.errors import UsageError
 common.define_run_flags()
 flags.DEFINE_bool("dry_run", False, "Print the folds (speakers, class counts) and exit.")
 flags.DEFINE_bool(
-    "resume", True, "Continue the run in --workdir (finished folds are skipped); "
-    "--noresume refuses a workdir that already holds folds."
+    "resume", None, "Continue the run in --workdir with the config saved there (finished "
+    "folds are skipped, a killed fold continues from its last epoch). Rerunning the same "
+    "command also resumes; --noresume refuses a workdir that already holds folds."
 )
 flags.DEFINE_bool("tsne", None, "Also plot t-SNE of pooled features (paper Figs. 7-8).")
 FLAGS = flags.FLAGS
@@ -26,7 +28,7 @@ FLAGS = flags.FLAGS
 def main() -> int:
     from msjax.train.run import dry_run, train_and_evaluate  # after flags: heavy imports
 
-    config = common.resolved_config()
+    config = common.saved_config() if FLAGS.resume else common.resolved_config()
     if FLAGS.tsne is not None:
         with config.unlocked():
             config.tsne = FLAGS.tsne
@@ -34,7 +36,7 @@ def main() -> int:
     if FLAGS.dry_run:
         print(dry_run(config, workdir))
         return 0
-    if not FLAGS.resume and any(workdir.glob("fold_*")):
+    if FLAGS.resume is False and any(workdir.glob("fold_*")):
         raise UsageError(f"{workdir}: holds an earlier run; use a new --workdir or --resume")
     train_and_evaluate(config, workdir)
     return 0

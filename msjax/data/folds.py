@@ -208,10 +208,19 @@ def _stratified_splits(
     for i, (train_idx, test_idx) in enumerate(splitter.split(uids, y)):
         val_idx = test_idx
         if validation == "heldout":
+            # At least one utterance per class, so small corpora still stratify.
+            present = np.bincount(y[train_idx])
+            present = present[present > 0]
+            size = max(int(np.ceil(HELDOUT_FRACTION * len(train_idx))), len(present))
+            if present.min() < 2:
+                raise UsageError(
+                    f"stratified {k}-fold on {dataset.name}: fold {i}'s training side has a "
+                    "class with one utterance, too few to hold out a validation set"
+                )
             # A fold-specific seed keeps each fold's validation slice independent.
             train_idx, val_idx = train_test_split(
                 train_idx,
-                test_size=HELDOUT_FRACTION,
+                test_size=size,
                 stratify=y[train_idx],
                 random_state=int(np.random.default_rng([seed, i]).integers(2**31)),
             )

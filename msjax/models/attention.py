@@ -19,10 +19,11 @@ class Linear(nn.Module):
     """Dense layer (params 'kernel' [in, out], 'bias' [out]) initialised like torch.nn.Linear.
 
     Kernel and bias are uniform(+-1/sqrt(in)), which is what PyTorch's
-    kaiming_uniform(a=sqrt(5)) default amounts to.
+    kaiming_uniform(a=sqrt(5)) default amounts to; `zero_init` starts both at zero.
     """
 
     features: int
+    zero_init: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -30,6 +31,8 @@ class Linear(nn.Module):
         bound = 1.0 / math.sqrt(x.shape[-1])
 
         def init(key, shape, dtype=jnp.float32):
+            if self.zero_init:
+                return jnp.zeros(shape, dtype)
             return jax.random.uniform(key, shape, dtype, -bound, bound)
 
         kernel = self.param("kernel", init, (x.shape[-1], self.features))

@@ -73,6 +73,11 @@ class MSEmoBoost(nn.Module):
         dropout: rate of the four dropouts of the head (both branches, guidance, classifier).
         branch_features: width of each branch's projection (128).
         lstm_unroll: Bi-LSTM scan unrolling (speed only).
+        zero_init_classifier: start the classifier at zero (uniform initial logits).
+            With PyTorch's random init the first updates mostly shrink the pooled
+            vector toward uniform logits, which drives X_enh's ReLU to zero for every
+            frame, after which nothing learns; at lr 1e-5 this drift is slow, at the
+            higher rates of small runs it kills training. False gives torch's init.
         encoder: SSL encoder run inside the model on batch['wav'] (its output dict's
             'last_hidden_state' is X_w); None reads cached features from batch['ssl'].
     """
@@ -90,6 +95,7 @@ class MSEmoBoost(nn.Module):
     dropout: float = 0.1
     branch_features: int = 128
     lstm_unroll: int = 1
+    zero_init_classifier: bool = True
     encoder: nn.Module | None = None
 
     @nn.compact
@@ -126,7 +132,10 @@ class MSEmoBoost(nn.Module):
             weights = nn.relu(Linear(self.ssl_frames, name="enhance")(guide))  # [B, F]
             pooled = jnp.einsum("bf,bfd->bd", weights, x_w)  # [B, 1, F] . [B, F, D]
             features.update(enhanced=pooled, enhancement=weights)
-        logits = Linear(self.num_classes, name="classifier")(self._dropout(pooled, train))
+        classifier = Linear(
+            self.num_classes, zero_init=self.zero_init_classifier, name="classifier"
+        )
+        logits = classifier(self._dropout(pooled, train))
         return (logits, features) if return_features else logits
 
     def _dropout(self, x: jax.Array, train: bool) -> jax.Array:

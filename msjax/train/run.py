@@ -50,7 +50,8 @@ _RERUN_FIELDS = ("fold", "use_cache", "cache_dir", "tsne")
 def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Dataset, list[Fold]]:
     """Loads the dataset and builds its folds (no feature work)."""
     root = setup.data_root(config, workdir)
-    if config.dataset == "synthetic" and not config.data_dir:
+    if config.dataset == "synthetic":
+        # Idempotent: an existing corpus with the same settings is reused as it is.
         generate_corpus(root, **config.synthetic)
     dataset = load_dataset(
         config.dataset, root,
@@ -212,7 +213,9 @@ def run_fold(
 
 
 def _write_predictions(path: Path, test: dict, labels) -> None:
-    probs = np.exp(test["logprobs"])
+    # Mean segment log-probabilities, renormalised into a distribution per utterance.
+    logprobs = test["logprobs"]
+    probs = np.exp(logprobs - np.logaddexp.reduce(logprobs, axis=-1, keepdims=True))
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["uid", "label", "prediction", *[f"p_{name}" for name in labels]])

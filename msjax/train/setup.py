@@ -51,7 +51,8 @@ def build_model(
         use_attention=m["use_attention"], use_mfcc=m["use_mfcc"],
         use_spectrogram=m["use_spectrogram"], baseline=m["baseline"],
         lstm_hidden=m["lstm_hidden"], lstm_dropout=m["lstm_dropout"], dropout=m["dropout"],
-        branch_features=m["branch_dim"], encoder=encoder.module if finetune else None,
+        branch_features=m["branch_dim"], zero_init_classifier=m["zero_init_classifier"],
+        encoder=encoder.module if finetune else None,
     )
 
 

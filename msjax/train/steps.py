@@ -125,11 +125,19 @@ def make_mesh() -> Mesh:
     return Mesh(jax.local_devices(), ("data",))
 
 
-def create_state(params: Any, tx: optax.GradientTransformation, norm: dict) -> State:
-    """A fresh train state at step 0."""
-    return {
+def create_state(
+    params: Any, tx: optax.GradientTransformation, norm: dict, mesh: Mesh | None = None
+) -> State:
+    """A fresh train state at step 0, replicated over `mesh` (all local devices by default).
+
+    Placing it as the steps' outputs are placed means the first step and every later
+    one hit the same compiled executable.
+    """
+    state = {
         "step": jnp.zeros((), jnp.int32),
         "params": params,
         "opt_state": tx.init(params),
         "norm": {"lo": jnp.asarray(norm["lo"]), "hi": jnp.asarray(norm["hi"])},
     }
+    mesh = make_mesh() if mesh is None else mesh
+    return jax.device_put(state, NamedSharding(mesh, PartitionSpec()))

@@ -1,0 +1,227 @@
+"""End to end: bin/train, bin/ablate, bin/extract and bin/predict as a user runs them.
+
+Every run uses the embedded synthetic corpus at a tiny size (3 speakers, 2
+utterances per emotion, 1 s segments, a tiny random encoder, small images) with
+2 stratified folds and 2 epochs, so a run takes well under a minute.
+"""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--config.synthetic.num_speakers=3",
+    "--config.synthetic.utterances_per_emotion=2",
+    "--config.protocol=stratified",
+    "--folds=2",
+    "--config.features.segment_seconds=1.0",
+    "--config.image_size=(64, 96)",
+    "--config.model.lstm_hidden=8",
+    "--config.model.branch_dim=16",
+    "--config.optim.num_epochs=2",
+    "--config.optim.batch_size=8",
+    "--config.optim.eval_batch_size=8",
+]
+
+
+def run(command: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run(
+        [sys.executable, str(REPO / "bin" / command), *args],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )
+
+
+def ok(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A finished tiny bin/train run (shared: training is the slow part)."""
+    workdir = tmp_path_factory.mktemp("train")
+    ok(run("train", f"--workdir={workdir}", "--tsne", *TINY))
+    return workdir
+
+
+def test_train_writes_every_artifact(trained):
+    config = json.loads((trained / "config.json").read_text())
+    assert config["optim"]["num_epochs"] == 2 and config["dataset"] == "synthetic"
+    folds = json.loads((trained / "folds.json").read_text())
+    assert len(folds["folds"]) == 2
+    results = json.loads((trained / "results.json").read_text())
+    assert results["protocol"] == "stratified" and results["num_folds"] == 2
+    assert results["seed"] == 0 and results["labels"][0] == "anger"
+    env = results["environment"]
+    assert env["jax"] and env["flax"] and env["optax"] and "git_revision" in env
+    for key in ("wa", "ua", "f1"):
+        assert 0.0 <= results["mean"][key] <= 1.0
+    assert set(results["pooled"]["per_class_recall"]) == set(results["labels"])
+    # The pooled confusion matrix holds every utterance exactly once.
+    assert np.sum(results["pooled"]["confusion"]) == 42
+    for fold in ("fold_00", "fold_01"):
+        result = json.loads((trained / fold / "result.json").read_text())
+        assert result["epochs_run"] == 2 and len(result["history"]) == 2
+        with open(trained / fold / "predictions.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 21
+        probs = np.array([[float(r[f"p_{n}"]) for n in results["labels"]] for r in rows])
+        np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+        assert (trained / fold / "confusion.csv").exists()
+        assert any((trained / fold / "best").iterdir())
+        assert any((trained / fold / "latest").iterdir())
+    assert (trained / "confusion.csv").exists()
+    for picture in ("confusion.png", "tsne_plain.png", "tsne_enhanced.png"):
+        assert (trained / picture).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_rerun_skips_finished_folds(trained):
+    before = (trained / "fold_00" / "result.json").read_text()
+    done = ok(run("train", f"--workdir={trained}", *TINY))
+    assert "epoch 1" not in done.stderr  # nothing was trained again
+    assert (trained / "fold_00" / "result.json").read_text() == before
+
+
+def test_changed_config_refuses_the_workdir(trained):
+    done = run("train", f"--workdir={trained}", *TINY, "--config.optim.learning_rate=0.5")
+    assert done.returncode == 2
+    assert "different config (optim differ)" in done.stderr.strip().splitlines()[-1]
+
+
+def test_resume_refuses_flags_that_change_the_run(trained):
+    done = run("train", f"--workdir={trained}", "--resume", "--config.optim.learning_rate=1")
+    assert done.returncode == 2
+    assert "drop --config.optim.learning_rate" in done.stderr
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
+    start = time.time()
+    while not path.exists():
+        assert proc.poll() is None, "the run ended before it could be interrupted"
+        assert time.time() - start < timeout
+        time.sleep(0.2)
+
+
+def test_sigkill_then_resume_matches_an_uninterrupted_run(trained, tmp_path):
+    workdir = tmp_path / "killed"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "bin" / "train"), f"--workdir={workdir}", *TINY],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )
+    try:
+        # Fold 0 saved its first epoch: kill it in the middle of the fold.
+        _wait_for(workdir / "fold_00" / "latest" / "1", proc)
+        time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not (workdir / "fold_00" / "result.json").exists()
+    done = ok(run("train", f"--workdir={workdir}", "--resume"))  # the run's own config
+    assert "fold 0: resuming after epoch" in done.stderr
+    for fold in ("fold_00", "fold_01"):
+        resumed = json.loads((workdir / fold / "result.json").read_text())
+        reference = json.loads((trained / fold / "result.json").read_text())
+        assert resumed["history"] == reference["history"]
+        assert (resumed["wa"], resumed["ua"]) == (reference["wa"], reference["ua"])
+        assert (workdir / fold / "predictions.csv").read_text() == (
+            trained / fold / "predictions.csv"
+        ).read_text()
+
+
+def test_predict_reports_bad_files_and_goes_on(trained, tmp_path):
+    corpus = trained / "corpus" / "wav"
+    clips = sorted(corpus.glob("*.wav"))[:2]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for clip in clips:
+        (folder / clip.name).write_bytes(clip.read_bytes())
+    (folder / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
+    sf.write(folder / "silent.wav", np.zeros(800, np.float32), 8000)  # short, all silent
+    out = tmp_path / "preds.jsonl"
+    done = run("predict", f"--checkpoint={trained / 'fold_00'}", f"--input={folder}",
+               f"--output={out}")
+    assert done.returncode == 3  # some file failed
+    assert "broken.wav" in done.stderr
+    records = {Path(r["path"]).name: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(records) == {c.name for c in clips} | {"broken.wav", "silent.wav"}
+    assert records["broken.wav"]["status"] == "error" and "broken.wav" in records[
+        "broken.wav"]["error"]
+    for name in [c.name for c in clips] + ["silent.wav"]:
+        record = records[name]
+        assert record["status"] == "ok", record
+        probs = record["probabilities"]
+        assert record["label"] == max(probs, key=probs.get)
+        assert abs(sum(probs.values()) - 1.0) < 1e-4
+
+
+def test_predict_matches_the_fold_predictions(trained):
+    """A checkpoint predicts alone what the run recorded for its test utterances."""
+    with open(trained / "fold_00" / "predictions.csv") as f:
+        row = next(csv.DictReader(f))
+    clip = trained / "corpus" / "wav" / f"{row['uid']}.wav"
+    done = ok(run("predict", f"--checkpoint={trained / 'fold_00'}", f"--input={clip}"))
+    got = next(csv.DictReader(done.stdout.splitlines()))
+    assert got["label"] == row["prediction"]
+    labels = [k[2:] for k in row if k.startswith("p_")]
+    np.testing.assert_allclose(
+        [float(got[f"p_{n}"]) for n in labels], [float(row[f"p_{n}"]) for n in labels],
+        atol=1e-4,
+    )
+
+
+def test_ablate_compares_variants_under_the_same_folds(tmp_path):
+    done = ok(run("ablate", "--no_attention", f"--workdir={tmp_path}", *TINY))
+    table = (tmp_path / "ablation.txt").read_text()
+    assert "full" in table and "no_attention" in table and "baseline" not in table
+    rows = json.loads((tmp_path / "ablation.json").read_text())
+    assert [r["variant"] for r in rows] == ["full", "no_attention"]
+    variants = ("full", "no_attention")
+    folds = [json.loads((tmp_path / v / "folds.json").read_text()) for v in variants]
+    assert folds[0] == folds[1]
+    models = [json.loads((tmp_path / v / "config.json").read_text())["model"] for v in variants]
+    assert models[0]["use_attention"] and not models[1]["use_attention"]
+    assert "no_attention" in done.stdout
+
+
+def test_dry_run_prints_folds_and_trains_nothing(tmp_path):
+    done = ok(run("train", f"--workdir={tmp_path}", "--dry_run", *TINY))
+    assert "42 utterances, 3 speakers" in done.stdout
+    assert "0 train" in done.stdout and "1 test" in done.stdout
+    assert not list(tmp_path.glob("fold_*"))
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["--dataset=nope"], 2, "--dataset"),
+        (["--bogus_flag=1"], 2, "bogus_flag"),
+        (["extra_argument"], 2, "unexpected arguments"),
+        (["--dataset=emodb", "--data_dir=/nonexistent/emodb", "--dry_run"], 3, "nonexistent"),
+        (["--config.protocol=stratified", "--folds=1", "--dry_run"], 2, "stratified 1-fold"),
+        (["--resume"], 2, "there is no run to resume"),
+    ],
+)
+def test_exit_codes_and_one_line_errors(tmp_path, args, code, message):
+    done = run("train", f"--workdir={tmp_path}", *args)
+    assert done.returncode == code, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_extract_fills_the_cache_for_training(tmp_path):
+    done = ok(run("extract", f"--workdir={tmp_path}", *TINY))
+    assert list((tmp_path / "cache").rglob("*.npz"))
+    assert "42" in done.stdout + done.stderr
