@@ -152,8 +152,9 @@ def report(label: str, r: dict) -> None:
     features = r.get("features_first", 0.0) + r.get("features", 0.0)
     checkpoints = r.get("checkpoint", 0.0) + r.get("checkpoint_first", 0.0)
     rest = wall - steps - compile_ - features - checkpoints
+    outcome = f"{r['folds']} folds, mean UA {r['ua']:.3f}" if r["folds"] else "one fold"
     print(f"{label}: wall {wall:.1f} s (process {r['process_wall']:.1f} s), "
-          f"peak RSS {r['peak_rss_mb']:.0f} MiB, {r['folds']} folds, mean UA {r['ua']:.3f}")
+          f"peak RSS {r['peak_rss_mb']:.0f} MiB, {outcome}")
     for name, seconds in (
         ("jitted steps (train+eval)", steps), ("first calls (compile)", compile_),
         ("feature preparation", features), ("checkpoint writes", checkpoints),

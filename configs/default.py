@@ -47,6 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.image_size = (256, 384)
     config.cache_dir = ""  # empty: <workdir>/cache
+    # Feature-extraction processes: 0 = one per CPU core, 1 = in the main process.
+    config.feature_workers = 0
     config.use_cache = True
 
     # SSL encoder: a hub id, a local checkpoint directory, or "random:<preset>"

@@ -56,7 +56,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
         raise AudioError(f"{path}: contains no audio samples")
     if not np.isfinite(data).all():
         raise AudioError(f"{path}: contains NaN or infinite samples")
-    wav = data.mean(axis=1, dtype=np.float32)
+    # A mono file needs no channel mean: its one column is already contiguous.
+    wav = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
     if file_rate != sample_rate:
         wav = soxr.resample(wav, file_rate, sample_rate, quality="HQ")
         if wav.shape[0] == 0:

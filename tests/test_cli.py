@@ -181,6 +181,24 @@ def test_predict_matches_the_fold_predictions(trained):
     )
 
 
+def test_finetune_trains_the_encoder_and_its_checkpoint_predicts(tmp_path):
+    """--finetune_ssl: the encoder runs inside the step; the checkpoint carries it."""
+    ok(run("train", f"--workdir={tmp_path}", "--finetune_ssl", "--fold=0", *TINY,
+           "--config.optim.num_epochs=1"))
+    assert not (tmp_path / "results.json").exists()  # fold 1 has not run
+    with open(tmp_path / "fold_00" / "predictions.csv") as f:
+        row = next(csv.DictReader(f))
+    clip = tmp_path / "corpus" / "wav" / f"{row['uid']}.wav"
+    done = ok(run("predict", f"--checkpoint={tmp_path / 'fold_00'}", f"--input={clip}"))
+    got = next(csv.DictReader(done.stdout.splitlines()))
+    labels = [k[2:] for k in row if k.startswith("p_")]
+    np.testing.assert_allclose(
+        [float(got[f"p_{n}"]) for n in labels], [float(row[f"p_{n}"]) for n in labels],
+        atol=1e-4,
+    )
+    assert not list((tmp_path / "cache").glob("ssl"))  # nothing frozen was extracted
+
+
 def test_ablate_compares_variants_under_the_same_folds(tmp_path):
     done = ok(run("ablate", "--no_attention", f"--workdir={tmp_path}", *TINY))
     table = (tmp_path / "ablation.txt").read_text()

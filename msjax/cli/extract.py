@@ -30,7 +30,9 @@ def main() -> int:
             config.ssl.name, seed=config.seed, extract_batch_size=config.ssl.extract_batch_size
         )
     cache = FeatureCache(cache_root(config.cache_dir, workdir))
-    store = FeatureStore(cache, FeatureConfig(**config.features), encoder)
+    store = FeatureStore(
+        cache, FeatureConfig(**config.features), encoder, workers=config.feature_workers or None
+    )
     entries = store.prepare(dataset, progress=setup.progress("features"))
     segments = sum(e.num_segments for e in entries.values())
     stats = cache.stats

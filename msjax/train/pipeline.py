@@ -20,10 +20,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from msjax.audio import load_audio
 from msjax.cache import FeatureCache, audio_hash
 from msjax.data.records import Dataset, Utterance
-from msjax.features import FeatureConfig, segment, utterance_features
+from msjax.features import FeatureConfig, iter_file_features, segment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,15 +42,23 @@ class FeatureStore:
     which is only sensible for small corpora.
     """
 
-    def __init__(self, cache: FeatureCache, feature_cfg: FeatureConfig, encoder=None):
+    def __init__(
+        self,
+        cache: FeatureCache,
+        feature_cfg: FeatureConfig,
+        encoder=None,
+        workers: int | None = None,
+    ):
         """Args:
         cache: where entries live.
         feature_cfg: the acoustic feature settings (part of every key).
         encoder: an `msjax.encoders` SSLModel for frozen SSL features, or None.
+        workers: feature-extraction processes; None for one per core, 1 for none.
         """
         self.cache = cache
         self.cfg = feature_cfg
         self.encoder = encoder
+        self.workers = workers
         self._memory: dict[tuple[str, str], dict[str, np.ndarray]] = {}
         self._entries: dict[str, Entry] = {}
         self._extract_fn: Callable | None = None
@@ -81,29 +88,36 @@ class FeatureStore:
     ) -> dict[str, Entry]:
         """Makes sure every utterance has its acoustic, wav and (frozen) SSL entries.
 
-        A bad audio file raises AudioError naming it; what was computed before it
-        stays in the cache, so a rerun continues where this one stopped.
+        Missing acoustic features are computed by a pool of worker processes
+        (`self.workers`); a bad audio file raises AudioError naming it, and what was
+        computed before it stays in the cache, so a rerun continues where this one
+        stopped.
 
         Returns:
           uid -> Entry for every utterance of the dataset.
         """
         label_ids = {name: i for i, name in enumerate(dataset.labels)}
-        for utt in progress(dataset.utterances):
-            self._entries[utt.uid] = self._prepare_acoustic(utt, label_ids[utt.label])
+        todo: list[tuple[Utterance, str]] = []
+        for utt in dataset.utterances:
+            digest = audio_hash(utt.path)
+            acoustic = self._get("acoustic", digest)
+            if acoustic is None or self._get("wav", digest) is None:
+                todo.append((utt, digest))
+            else:
+                self._add(utt, label_ids[utt.label], acoustic, digest)
+        computed = iter_file_features([u.path for u, _ in todo], self.cfg, workers=self.workers)
+        for (utt, digest), (wav, feats) in zip(progress(todo), computed):
+            segments = segment(wav, feats, self.cfg)
+            acoustic = {"mfcc": segments.mfcc, "spec": segments.spec}
+            self._put("wav", digest, {"wav": segments.wav})
+            self._put("acoustic", digest, acoustic)
+            self._add(utt, label_ids[utt.label], acoustic, digest)
         if self.encoder is not None:
             self._prepare_ssl([self._entries[u.uid] for u in dataset.utterances])
         return {u.uid: self._entries[u.uid] for u in dataset.utterances}
 
-    def _prepare_acoustic(self, utt: Utterance, label: int) -> Entry:
-        digest = audio_hash(utt.path)
-        acoustic = self._get("acoustic", digest)
-        if acoustic is None or self._get("wav", digest) is None:
-            wav = load_audio(utt.path, self.cfg.sample_rate)
-            segments = segment(wav, utterance_features(wav, self.cfg), self.cfg)
-            acoustic = {"mfcc": segments.mfcc, "spec": segments.spec}
-            self._put("wav", digest, {"wav": segments.wav})
-            self._put("acoustic", digest, acoustic)
-        return Entry(utt.uid, label, int(acoustic["mfcc"].shape[0]), digest)
+    def _add(self, utt: Utterance, label: int, acoustic: dict, digest: str) -> None:
+        self._entries[utt.uid] = Entry(utt.uid, label, int(acoustic["mfcc"].shape[0]), digest)
 
     def _prepare_ssl(self, entries: Sequence[Entry]) -> None:
         todo = [e for e in entries if self._get("ssl", e) is None]

@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 
 # Fields that may differ when a workdir is reused: they change where or which
 # folds run, not what a fold computes.
-_RERUN_FIELDS = ("fold", "use_cache", "cache_dir", "tsne")
+_RERUN_FIELDS = ("fold", "use_cache", "cache_dir", "tsne", "feature_workers")
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Dataset, list[Fold]]:
@@ -120,7 +120,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             freeze_feature_encoder=config.ssl.freeze_feature_encoder,
         )
     cache = FeatureCache(cache_root(config.cache_dir, workdir), enabled=config.use_cache)
-    store = FeatureStore(cache, feature_cfg, None if config.ssl.finetune else encoder)
+    store = FeatureStore(
+        cache, feature_cfg, None if config.ssl.finetune else encoder,
+        workers=config.feature_workers or None,
+    )
     log.info("preparing features for %d utterances", len(dataset))
     entries = store.prepare(dataset, progress=setup.progress("features"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -66,8 +67,7 @@ def init_params(
     """Fresh head params (seeded by seed and fold), ported AlexNet, pretrained encoder."""
     rng = jax.random.fold_in(jax.random.key(config.seed), fold)
     batch = dummy_batch(model, feature_cfg, 1, tuple(config.image_size))
-    params = jax.jit(lambda r, b: model.init(r, b, train=False))(rng, batch)["params"]
-    params = dict(params)
+    params = dict(_jitted_init(model)(rng, batch)["params"])
     if "alexnet" in params:
         if config.model.alexnet_weights:
             params = replace_alexnet(params, alexnet_params(Path(config.model.alexnet_weights)))
@@ -80,6 +80,12 @@ def init_params(
     if model.encoder is not None:
         params["encoder"] = encoder.params
     return params
+
+
+@functools.cache
+def _jitted_init(model: MSEmoBoost) -> Callable:
+    """model.init, compiled once per model (not once per fold)."""
+    return jax.jit(functools.partial(model.init, train=False))
 
 
 def wav_normalizer(encoder: Encoder) -> Callable | None:
