@@ -1,113 +1,224 @@
-"""Benchmark: one MS-EmoBoost training step over cached SSL features, msjax against PyTorch.
+"""Benchmark: one MS-EmoBoost training step, msjax against a PyTorch peer.
 
-A step is forward + backward + Adam update of the full model (both branches, attention,
-enhancement, classifier) on one batch: mfcc [B, 300, 40], image [B, 256, 384, 3],
-ssl [B, 149, 768], C = 7, batch 32 by default.
+What is timed is a whole optimisation step on one fixed batch: the spectrogram-to-image
+transform, forward and backward through the full network (Bi-LSTM + attention on the
+MFCCs, AlexNet + attention on the image, the enhancement and the classifier), the
+cross-entropy loss and an Adam update. Two workloads (`--mode`):
 
-  msjax:   msjax.models.MSEmoBoost, the step jitted with the state donated.
-  PyTorch: the same network written below with torch.nn (torchvision AlexNet features,
-           nn.LSTM, the same attention and linear layers), eager mode, torch.optim.Adam.
+  cached    SSL features given as input ([B, 149, 768], wav2vec2-base on 3 s); batch 32,
+            as the paper trains EMODB.
+  finetune  a wav2vec2-base-size encoder (random weights, `random:base`) runs inside the
+            step on the raw 3 s waveforms and is trained with the head (time masking,
+            LayerDrop, frozen conv feature extractor, as configs/default.py); batch 4.
 
-Each framework runs in its own child process (clean peak-memory figures) with the same
-number of threads; warm-up steps (compilation, allocator) are not timed, then the mean
-of --repeats timed steps is reported. Peak memory is the child's maximum resident set
-size (whole process: weights, optimizer state, activations, runtime).
+  msjax    the training code itself: `msjax.train.steps.make_steps` (jitted, state
+           donated) on the model `msjax.train.setup.build_model` builds, and a state
+           from `create_state`; `--dtype=bfloat16` is its mixed precision (bf16
+           compute, f32 master weights).
+  PyTorch  the same network written below with torch.nn (torchvision's AlexNet layers,
+           nn.LSTM, transformers' Wav2Vec2Model built from the same config), eager
+           mode, torch.optim.Adam; bf16 (`--torch-dtype`, by default `--dtype`) runs
+           under autocast.
 
-    python bench/train_step.py [--batch-size 32] [--repeats 5] [--threads N]
+Both networks have the same layers and shapes; the parameter counts are printed and
+asserted equal (the LSTM's second bias b_hh is a constant zero buffer in the PyTorch
+network, since msjax keeps the single summed bias b_ih + b_hh).
+
+How it is timed. Each framework lives in its own child process, pinned to the same
+cores with the same thread count. Each child builds its network, compiles (msjax) and
+runs `--warmup` steps, all timed apart and excluded. The parent then asks the two
+children for one step at a time, alternating between them, so that load from other
+processes on a shared machine falls on both alike; steps/s is the number of timed steps
+over their total wall time, and the process CPU time per step is printed too. Peak
+memory is each child's maximum resident set size on CPU (weights, Adam state,
+activations and the runtime itself), or the framework's peak device allocation on GPU.
+XLA_FLAGS and other environment variables reach the children.
+
+    python bench/train_step.py                      # both modes, CPU, float32
+    python bench/train_step.py --mode=cached --batch=32 --steps=3 --threads=1
+    python bench/train_step.py --mode=finetune --dtype=bfloat16 --torch-dtype=float32
+    python bench/train_step.py --platform=gpu       # needs jax[cuda] and a CUDA torch
+
+On a machine shared with other work, run it under the lock that keeps benchmarks
+apart: `flock LOCKFILE python bench/train_step.py ...`.
+
+What limits it. A cached step at batch 32 is about 0.44 TFLOP of matmuls and
+convolutions (AlexNet on 256x384 images 56%, the Bi-LSTM 28%, the MFCC attention 14%);
+a fine-tuning step at batch 4 about 0.45 TFLOP (the encoder's transformer, forward and
+backward, 75%; its frozen conv feature extractor 13%). A CPU core with AVX-512 peaks at
+64 float32 FLOP per cycle (about 330 GFLOP/s for 2 cores at 2.6 GHz) and large matmuls
+reach about half of that, so on a 2-core CPU either step is compute bound at several
+seconds. Within the step the Bi-LSTM is the exception: its 2 layers x 300 timesteps
+(600 forward, 600 backward) run one after another, each a small [2, B, 256] x
+[256, 1024] matmul plus elementwise gates, so it is bound by per-timestep latency
+rather than FLOPs: at small batch on a CPU, and on a GPU at any batch, where it sets
+the floor of the step time.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from typing import IO, Any
 
-CLASSES, SSL_FRAMES, SSL_DIM, MFCC_FRAMES, N_MFCC, IMAGE = 7, 149, 768, 300, 40, (256, 384)
+import numpy as np
+
+# Measure the msjax of this checkout, whatever else is installed.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CLASSES = 7
+IMAGE_SIZE = (256, 384)
+DEFAULT_BATCH = {"cached": 32, "finetune": 4}
+TITLES = {
+    "cached": "MS-EmoBoost train step over cached SSL features",
+    "finetune": "MS-EmoBoost train step with the SSL encoder fine-tuned inside",
+}
+FRAMEWORKS = ("msjax", "torch")
+DTYPES = ("float32", "bfloat16")
+# The paper's head (configs/default.py "model").
+MODEL_CONFIG = dict(
+    lstm_hidden=256, lstm_dropout=0.5, branch_dim=128, dropout=0.1, use_attention=True,
+    use_mfcc=True, use_spectrogram=True, baseline=False, zero_init_classifier=True,
+)
+# Fine-tuning settings of configs/default.py "ssl".
+FINETUNE_CONFIG = dict(
+    mask_time_prob=0.05, mask_time_length=10, layerdrop=0.1, freeze_feature_encoder=True
+)
+LEARNING_RATE = 1e-5
+# Spectrograms are dB relative to the utterance maximum, top 80 dB.
+SPEC_RANGE = (-80.0, 0.0)
+
+Step = Callable[[], None]
 
 
-def _inputs(batch_size: int, seed: int = 0):
-    """Random inputs as NumPy arrays (NHWC image), shared by both frameworks."""
-    import numpy as np
+def make_batch(mode: str, batch_size: int, ssl_frames: int, ssl_dim: int) -> dict[str, np.ndarray]:
+    """A fixed random batch in the layout the training loop feeds the step.
 
-    rng = np.random.default_rng(seed)
-    return {
-        "mfcc": rng.standard_normal((batch_size, MFCC_FRAMES, N_MFCC), np.float32),
-        "image": rng.standard_normal((batch_size, *IMAGE, 3), np.float32),
-        "ssl": rng.standard_normal((batch_size, SSL_FRAMES, SSL_DIM), np.float32),
-        "label": rng.integers(0, CLASSES, batch_size),
+    Returns:
+        mfcc [B, 300, 40], spec [B, 200, 300], label [B], mask [B], and ssl [B, F, D]
+        (cached) or wav [B, 48000] (finetune).
+    """
+    from msjax.features import FeatureConfig
+
+    cfg = FeatureConfig()
+    rng = np.random.default_rng(0)
+    spec = rng.uniform(*SPEC_RANGE, (batch_size, cfg.spec_bins, cfg.segment_frames))
+    batch = {
+        "mfcc": rng.standard_normal((batch_size, cfg.segment_frames, cfg.n_mfcc), np.float32),
+        "spec": spec.astype(np.float32),
+        "label": rng.integers(0, CLASSES, batch_size).astype(np.int32),
+        "mask": np.ones(batch_size, np.float32),
     }
+    if mode == "cached":
+        batch["ssl"] = rng.standard_normal((batch_size, ssl_frames, ssl_dim), np.float32)
+    else:
+        batch["wav"] = 0.1 * rng.standard_normal((batch_size, cfg.segment_samples), np.float32)
+    return batch
 
 
-def _peak_mib() -> float:
+def _norm_stats() -> dict[str, np.ndarray]:
+    """Per-bin min-max statistics ([200] each) spanning the batch's dB range."""
+    lo, hi = SPEC_RANGE
+    return {"lo": np.full(200, lo, np.float32), "hi": np.full(200, hi, np.float32)}
+
+
+def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _time_steps(step, warmup: int, repeats: int) -> float:
-    """Seconds per step (mean over `repeats`, after `warmup` untimed steps)."""
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        step()
-    return (time.perf_counter() - start) / repeats
+# --------------------------------------------------------------------------- msjax
 
 
-def run_msjax(args: argparse.Namespace) -> dict:
-    """Times the jitted msjax train step."""
+def setup_msjax(args: argparse.Namespace) -> tuple[Step, Callable[[], float], dict[str, Any]]:
+    """Builds the model and state as training does and compiles the train step.
+
+    Returns:
+        (one synchronised step, peak memory in MiB, facts: params, compile_s).
+    """
     import jax
     import jax.numpy as jnp
     import optax
 
-    from msjax.models import MSEmoBoost
+    from msjax.encoders import load_encoder
+    from msjax.features import FeatureConfig
+    from msjax.models.emoboost import dummy_batch
+    from msjax.models.ssl import SSLEncoder
+    from msjax.train import setup
+    from msjax.train.steps import create_state, make_mesh, make_steps
 
-    data = _inputs(args.batch_size)
-    labels = jnp.asarray(data.pop("label"))
-    batch = {k: jnp.asarray(v) for k, v in data.items()}
-    model = MSEmoBoost(CLASSES, SSL_FRAMES, SSL_DIM, lstm_unroll=args.unroll)
-    tx = optax.adam(1e-5)
+    dtype = jnp.dtype(args.dtype)
+    feature_cfg = FeatureConfig()
+    finetune = args.mode == "finetune"
+    encoder = load_encoder("random:base")
+    if finetune:
+        encoder = encoder.with_config(**FINETUNE_CONFIG)
+        # The encoder computes in its own dtype (float32 unless told), whatever its
+        # params were cast to; bf16 mixed precision needs it told.
+        encoder = dataclasses.replace(encoder, module=SSLEncoder(encoder.config, dtype=dtype))
+    model = setup.build_model(MODEL_CONFIG, CLASSES, feature_cfg, encoder, finetune)
 
-    @jax.jit
-    def init(rng):
-        params = model.init(rng, jax.tree.map(lambda x: x[:1], batch), train=False)["params"]
-        return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+    init_batch = dummy_batch(model, feature_cfg, 1, IMAGE_SIZE)
+    init = jax.jit(lambda rng, b: model.init(rng, b, train=False)["params"])
+    params = dict(init(jax.random.key(0), init_batch))
+    if finetune:
+        params["encoder"] = encoder.params
 
-    def train_step(state, batch, labels, rng):
-        def loss_fn(params):
-            rngs = {"dropout": jax.random.fold_in(rng, state["step"])}
-            logits = model.apply({"params": params}, batch, train=True, rngs=rngs)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, loss
-
-    step_fn = jax.jit(train_step, donate_argnums=(0,))
-    state = init(jax.random.key(0))
-    count = sum(x.size for x in jax.tree.leaves(state["params"]))
+    mesh = make_mesh()
+    tx = optax.adam(LEARNING_RATE)
+    train_step, _ = make_steps(
+        model, tx, mesh, image_size=IMAGE_SIZE,
+        normalize_wav=setup.wav_normalizer(encoder) if finetune else None,
+        compute_dtype=dtype,
+    )
+    state = create_state(params, tx, _norm_stats())
+    batch = make_batch(args.mode, args.batch, model.ssl_frames, model.ssl_dim)
+    batch = jax.device_put(batch, setup.data_sharding(mesh))
     rng = jax.random.key(1)
+
+    start = time.perf_counter()
+    compiled = train_step.lower(state, batch, rng).compile()
+    compile_s = time.perf_counter() - start
     holder = {"state": state}
 
-    def step():
-        holder["state"], loss = step_fn(holder["state"], batch, labels, rng)
-        loss.block_until_ready()
+    def step() -> None:
+        holder["state"], metrics = compiled(holder["state"], batch, rng)
+        jax.block_until_ready((holder["state"], metrics))
 
-    seconds = _time_steps(step, args.warmup, args.repeats)
-    return {"params": count, "seconds": seconds, "peak_mib": _peak_mib()}
+    def peak_mib() -> float:
+        device = jax.devices()[0]
+        if device.platform == "cpu":
+            return _rss_mib()
+        return device.memory_stats()["peak_bytes_in_use"] / 2**20
+
+    num_params = sum(x.size for x in jax.tree.leaves(params))
+    return step, peak_mib, {"params": num_params, "compile_s": compile_s}
 
 
-def _torch_model():
-    """The same network in PyTorch (CM's layer choices plus the paper's attention)."""
+# --------------------------------------------------------------------------- PyTorch
+
+
+def _torch_network(ssl_frames: int, ssl_config: dict[str, Any] | None):
+    """MS-EmoBoost in torch.nn, layer for layer the network of msjax.models.emoboost.
+
+    Args:
+        ssl_frames: F.
+        ssl_config: transformers Wav2Vec2Config fields of an encoder to run inside, or
+            None for cached features [B, F, 768].
+    """
     import torch
     import torch.nn.functional as F
     import torchvision
     from torch import nn
 
-    class Attention(nn.Module):
+    class ResidualSelfAttention(nn.Module):
         def __init__(self, width: int):
             super().__init__()
             self.query, self.key, self.value = (nn.Linear(width, width) for _ in range(3))
@@ -116,107 +227,274 @@ def _torch_model():
             scores = self.query(x) @ self.key(x).transpose(1, 2) / x.shape[-1] ** 0.5
             return x + torch.softmax(scores, dim=-1) @ self.value(x)
 
-    class TorchEmoBoost(nn.Module):
+    def single_bias_lstm(in_features: int, hidden: int, dropout: float) -> nn.LSTM:
+        lstm = nn.LSTM(
+            in_features, hidden, 2, batch_first=True, bidirectional=True, dropout=dropout
+        )
+        for name in [n for n in lstm._flat_weights_names if n.startswith("bias_hh")]:
+            zeros = torch.zeros_like(getattr(lstm, name))
+            delattr(lstm, name)
+            lstm.register_buffer(name, zeros)
+        lstm._init_flat_weights()  # re-collect the tensors it hands to the kernel
+        return lstm
+
+    class EmoBoost(nn.Module):
         def __init__(self):
             super().__init__()
+            m = MODEL_CONFIG
+            hidden, width = m["lstm_hidden"], 2 * m["lstm_hidden"]
+            self.encoder = None
+            if ssl_config is not None:
+                from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+                self.encoder = Wav2Vec2Model(Wav2Vec2Config(**ssl_config))
+                if FINETUNE_CONFIG["freeze_feature_encoder"]:
+                    self.encoder.freeze_feature_encoder()
             self.alexnet = torchvision.models.alexnet(weights=None).features
             self.pool = nn.AdaptiveAvgPool2d((6, 6))
-            self.spec_attention = Attention(256)
-            self.spec_linear = nn.Linear(9216, 128)
-            self.lstm = nn.LSTM(N_MFCC, 256, 2, batch_first=True, bidirectional=True, dropout=0.5)
-            self.mfcc_attention = Attention(512)
-            self.mfcc_linear = nn.Linear(MFCC_FRAMES * 512, 128)
-            self.enhance = nn.Linear(256, SSL_FRAMES)
-            self.classifier = nn.Linear(SSL_DIM, CLASSES)
-            self.dropout = nn.Dropout(0.1)
+            self.spec_attention = ResidualSelfAttention(256)
+            self.spec_linear = nn.Linear(256 * 36, m["branch_dim"])
+            self.lstm = single_bias_lstm(40, hidden, m["lstm_dropout"])
+            self.mfcc_attention = ResidualSelfAttention(width)
+            self.mfcc_linear = nn.Linear(300 * width, m["branch_dim"])
+            self.enhance = nn.Linear(2 * m["branch_dim"], ssl_frames)
+            dim = ssl_config["hidden_size"] if ssl_config else 768
+            self.classifier = nn.Linear(dim, CLASSES)
+            nn.init.zeros_(self.classifier.weight)
+            nn.init.zeros_(self.classifier.bias)
+            self.dropout = nn.Dropout(m["dropout"])
+            mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+            self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
-        def forward(self, mfcc, image, ssl):
-            spec = self.pool(self.alexnet(image))  # [B, 256, 6, 6]
+        def image(self, spec, lo, hi):
+            """msjax.image.spec_to_image in NCHW: [B, 200, 300] -> [B, 3, 256, 384]."""
+            span = torch.where(hi - lo < 1e-6, torch.ones_like(hi), hi - lo)
+            scaled = ((spec - lo[:, None]) / span[:, None]).clamp(0.0, 1.0).flip(1)
+            image = F.interpolate(scaled[:, None], IMAGE_SIZE, mode="bilinear")
+            return (image - self.mean) / self.std
+
+        def forward(self, batch, lo, hi):
+            if self.encoder is None:
+                x_w = batch["ssl"]
+            else:
+                wav = batch["wav"]
+                mean = wav.mean(-1, keepdim=True)
+                var = wav.var(-1, keepdim=True, unbiased=False)
+                x_w = self.encoder((wav - mean) / torch.sqrt(var + 1e-7)).last_hidden_state
+            spec = self.pool(self.alexnet(self.image(batch["spec"], lo, hi)))  # [B, 256, 6, 6]
             tokens = self.spec_attention(spec.flatten(2).transpose(1, 2))  # [B, 36, 256]
             spec = F.relu(self.spec_linear(self.dropout(tokens.transpose(1, 2).flatten(1))))
-            seq, _ = self.lstm(F.normalize(mfcc, p=2, dim=2))
+            seq, _ = self.lstm(F.normalize(batch["mfcc"], p=2, dim=2))  # [B, 300, 512]
             seq = self.mfcc_attention(seq)
             mfcc = F.relu(self.mfcc_linear(self.dropout(seq.flatten(1))))
             weights = F.relu(self.enhance(self.dropout(torch.cat([spec, mfcc], dim=-1))))
-            pooled = torch.bmm(weights.unsqueeze(1), ssl).squeeze(1)  # [B, D]
+            pooled = torch.bmm(weights[:, None].to(x_w.dtype), x_w)[:, 0]  # [B, D]
             return self.classifier(self.dropout(pooled))
 
-    return TorchEmoBoost()
+    return EmoBoost()
 
 
-def run_torch(args: argparse.Namespace) -> dict:
-    """Times the eager PyTorch train step."""
+def _hf_config(ssl_config: Any) -> dict[str, Any]:
+    """transformers Wav2Vec2Config fields equal to an msjax SSLConfig's, fine-tuning set."""
+    fields = dataclasses.asdict(ssl_config)
+    fields.update(FINETUNE_CONFIG)
+    fields.pop("freeze_feature_encoder")
+    fields.pop("model_type")
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in fields.items()}
+
+
+def setup_torch(args: argparse.Namespace) -> tuple[Step, Callable[[], float], dict[str, Any]]:
+    """Builds the PyTorch network, its Adam optimiser and an eager train step.
+
+    Returns:
+        (one synchronised step, peak memory in MiB, facts: params, compile_s = 0).
+    """
     import torch
+    import torch.nn.functional as F
 
+    from msjax.models.ssl import SSLConfig
+
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    data = _inputs(args.batch_size)
-    mfcc = torch.from_numpy(data["mfcc"])
-    image = torch.from_numpy(data["image"].transpose(0, 3, 1, 2).copy())  # NCHW
-    ssl = torch.from_numpy(data["ssl"])
-    labels = torch.from_numpy(data["label"])
-    model = _torch_model().train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
-    count = sum(p.numel() for p in model.parameters())
+    device = torch.device("cuda" if args.platform == "gpu" else "cpu")
+    ssl_config = SSLConfig()
+    ssl_frames = ssl_config.num_frames(48000)
+    hf_config = _hf_config(ssl_config) if args.mode == "finetune" else None
+    model = _torch_network(ssl_frames, hf_config).to(device).train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], LEARNING_RATE)
 
-    def step():
+    data = make_batch(args.mode, args.batch, ssl_frames, ssl_config.hidden_size)
+    batch = {k: torch.from_numpy(v).to(device) for k, v in data.items()}
+    labels = batch.pop("label").long()
+    mask = batch.pop("mask")
+    norm = {k: torch.from_numpy(v).to(device) for k, v in _norm_stats().items()}
+    bf16 = args.torch_dtype == "bfloat16"
+
+    def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(mfcc, image, ssl), labels)
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            logits = model(batch, norm["lo"], norm["hi"])
+        losses = F.cross_entropy(logits.float(), labels, reduction="none")
+        loss = (losses * mask).sum() / mask.sum().clamp(min=1.0)
         loss.backward()
         opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
-    seconds = _time_steps(step, args.warmup, args.repeats)
-    return {"params": count, "seconds": seconds, "peak_mib": _peak_mib()}
+    def peak_mib() -> float:
+        if device.type == "cpu":
+            return _rss_mib()
+        return torch.cuda.max_memory_allocated() / 2**20
+
+    num_params = sum(p.numel() for p in model.parameters())
+    return step, peak_mib, {"params": num_params, "compile_s": 0.0}
 
 
-def _child(framework: str, args: argparse.Namespace) -> dict:
-    """Runs one framework in a fresh process limited to `args.threads` threads."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    cmd = [
-        sys.executable, __file__, f"--framework={framework}", f"--batch-size={args.batch_size}",
-        f"--warmup={args.warmup}", f"--repeats={args.repeats}", f"--threads={args.threads}",
-        f"--unroll={args.unroll}",
-    ]
-    # Same cores for both: XLA sizes its thread pool from the CPU affinity mask.
-    if hasattr(os, "sched_setaffinity"):
+# --------------------------------------------------------------------------- child
+
+
+def _send(message: dict[str, Any]) -> None:
+    print(json.dumps(message), flush=True)
+
+
+def serve(args: argparse.Namespace) -> None:
+    """Child process: set up, warm up, then run one timed step per "step" line on stdin."""
+    step, peak_mib, facts = (setup_msjax if args.child == "msjax" else setup_torch)(args)
+    start = time.perf_counter()
+    for _ in range(args.warmup):
+        step()
+    _send(dict(facts, warmup_s=time.perf_counter() - start))
+    for line in sys.stdin:
+        if line.strip() != "step":
+            break
+        start, start_cpu = time.perf_counter(), time.process_time()
+        step()
+        _send({"wall": time.perf_counter() - start, "cpu": time.process_time() - start_cpu})
+    _send({"peak_mib": peak_mib()})
+
+
+# --------------------------------------------------------------------------- parent
+
+
+class Child:
+    """One framework's child process, driven over its stdin/stdout."""
+
+    def __init__(self, framework: str, mode: str, args: argparse.Namespace, log: IO[str]):
+        self.name = framework
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        env["JAX_PLATFORMS"] = "cuda" if args.platform == "gpu" else "cpu"
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # the GPU is shared with torch
+        cmd = [
+            sys.executable, os.path.abspath(__file__), f"--child={framework}",
+            f"--mode={mode}", f"--batch={args.batch or DEFAULT_BATCH[mode]}",
+            f"--warmup={args.warmup}", f"--threads={args.threads}", f"--dtype={args.dtype}",
+            f"--torch-dtype={args.torch_dtype or args.dtype}", f"--platform={args.platform}",
+        ]
+        # XLA sizes its thread pool from the CPU affinity mask, torch from set_num_threads.
         cores = sorted(os.sched_getaffinity(0))[: args.threads]
         cmd = ["taskset", "-c", ",".join(map(str, cores)), *cmd]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        sys.exit(f"{framework} benchmark failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+        self.log = log
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env
+        )
+        self.facts = self.receive()
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def receive(self) -> dict[str, Any]:
+        """The child's next JSON line (other output is skipped)."""
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        self.log.seek(0)
+        sys.exit(f"{self.name} child failed:\n{self.log.read()[-4000:]}")
+
+    def step(self) -> None:
+        self.proc.stdin.write("step\n")
+        self.proc.stdin.flush()
+        timing = self.receive()
+        self.wall.append(timing["wall"])
+        self.cpu.append(timing["cpu"])
+
+    def finish(self) -> None:
+        self.proc.stdin.write("done\n")
+        self.proc.stdin.flush()
+        self.facts.update(self.receive())
+        self.proc.wait()
+
+    @property
+    def steps_per_s(self) -> float:
+        return len(self.wall) / float(np.sum(self.wall))
+
+    def report(self, label: str) -> str:
+        wall, cpu, facts = np.asarray(self.wall), np.asarray(self.cpu), self.facts
+        compile_s = f"compile {facts['compile_s']:.1f} s, " if facts["compile_s"] else ""
+        return (
+            f"  {label:8s} {self.steps_per_s:6.3f} steps/s  ({wall.mean():.2f} s/step, min "
+            f"{wall.min():.2f}, max {wall.max():.2f}; CPU {cpu.mean():.2f} s/step)  peak "
+            f"{facts['peak_mib']:,.0f} MiB  [{compile_s}warm-up {facts['warmup_s']:.1f} s]"
+        )
+
+
+def benchmark(mode: str, args: argparse.Namespace) -> None:
+    """Runs both frameworks on one workload, alternating their steps, and prints both."""
+    batch = args.batch or DEFAULT_BATCH[mode]
+    print(
+        f"{TITLES[mode]}: batch {batch}, {args.platform}, {args.threads} threads, "
+        f"msjax {args.dtype}, PyTorch {args.torch_dtype or args.dtype}, {args.warmup} "
+        f"warm-up + {args.steps} timed steps each; load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
+    with tempfile.TemporaryFile("w+") as jx_log, tempfile.TemporaryFile("w+") as pt_log:
+        # Set up one after the other, so that compilation and warm-up do not overlap.
+        jx = Child("msjax", mode, args, jx_log)
+        pt = Child("torch", mode, args, pt_log)
+        for k in range(args.steps):
+            for child in (jx, pt) if k % 2 == 0 else (pt, jx):
+                child.step()
+        jx.finish()
+        pt.finish()
+    print(f"  parameters: msjax {jx.facts['params']:,}  PyTorch {pt.facts['params']:,}")
+    assert jx.facts["params"] == pt.facts["params"], "the networks differ in parameter count"
+    print(jx.report("msjax"))
+    print(pt.report("PyTorch"))
+    print(
+        f"  ratio msjax/PyTorch steps/s: {jx.steps_per_s / pt.steps_per_s:.2f}x  "
+        f"(load average now {os.getloadavg()[0]:.2f})",
+        flush=True,
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    parser.add_argument("--unroll", type=int, default=1, help="msjax Bi-LSTM scan unrolling")
-    parser.add_argument("--framework", choices=("msjax", "torch"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.framework == "msjax":
-        print(json.dumps(run_msjax(args)))
-        return
-    if args.framework == "torch":
-        import torch
-
-        torch.set_num_threads(args.threads)
-        print(json.dumps(run_torch(args)))
-        return
-
-    print(
-        f"MS-EmoBoost train step (fwd+bwd+Adam), batch {args.batch_size}, mfcc "
-        f"[{MFCC_FRAMES},{N_MFCC}], image {list(IMAGE)}, ssl [{SSL_FRAMES},{SSL_DIM}], "
-        f"C={CLASSES}, {args.threads} threads, {args.warmup} warm-up + {args.repeats} timed"
+    parser.add_argument("--platform", choices=("cpu", "gpu"), default="cpu")
+    parser.add_argument("--mode", choices=("cached", "finetune", "both"), default="both")
+    parser.add_argument(
+        "--batch", type=int, default=0, help="batch size (default: 32 cached, 4 finetune)"
     )
-    jx, pt = _child("msjax", args), _child("torch", args)
-    print(f"parameters: msjax {jx['params']:,}  PyTorch {pt['params']:,} "
-          f"(PyTorch's LSTM keeps b_ih and b_hh apart: +{pt['params'] - jx['params']:,})")
-    for name, r in (("msjax", jx), ("PyTorch", pt)):
-        print(f"{name:8s} {1 / r['seconds']:.3f} steps/s  ({r['seconds']:.2f} s/step)  "
-              f"peak RSS {r['peak_mib']:.0f} MiB")
-    print(f"ratio msjax/PyTorch: {pt['seconds'] / jx['seconds']:.2f}x")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per framework")
+    parser.add_argument(
+        "--warmup", type=int, default=2,
+        help="untimed steps first (the zero-initialised classifier passes no gradient "
+        "back in the first step, so its cost is not typical)",
+    )
+    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="msjax compute dtype")
+    parser.add_argument(
+        "--torch-dtype", choices=DTYPES, default=None,
+        help="PyTorch compute dtype (bfloat16 = autocast); default: the same as --dtype",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=len(os.sched_getaffinity(0)),
+        help="threads (and pinned cores) for each framework",
+    )
+    parser.add_argument("--child", choices=FRAMEWORKS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        serve(args)
+        return
+    for mode in ("cached", "finetune") if args.mode == "both" else (args.mode,):
+        benchmark(mode, args)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,9 @@ def _fast_compiles():
 
 def _torch_model(variant: str, seed: int = 0) -> torch.nn.Module:
     config_cls, model_cls, norm, stable = VARIANTS[variant]
-    config = config_cls(**TINY, feat_extract_norm=norm, do_stable_layer_norm=stable, conv_bias=stable)
+    config = config_cls(
+        **TINY, feat_extract_norm=norm, do_stable_layer_norm=stable, conv_bias=stable
+    )
     torch.manual_seed(seed)
     model = model_cls(config).eval()
     # Perturb every tensor so that norms' scales/biases and the weight-norm gain (all
@@ -178,14 +180,16 @@ def test_strict_missing_key(tmp_path, saved):
 
 def test_strict_unexpected_key(tmp_path, saved):
     name = "encoder.layers.0.attention.extra_proj.weight"
-    path = _edited_checkpoint(tmp_path, saved, lambda t: t.update({name: np.zeros((2, 2), np.float32)}))
+    extra = {name: np.zeros((2, 2), np.float32)}
+    path = _edited_checkpoint(tmp_path, saved, lambda t: t.update(extra))
     with pytest.raises(CheckpointError, match="unexpected: " + name):
         load_ssl(path)
 
 
 def test_strict_wrong_shape(tmp_path, saved):
     name = "feature_projection.projection.weight"
-    path = _edited_checkpoint(tmp_path, saved, lambda t: t.update({name: np.zeros((32, 9), np.float32)}))
+    wrong = {name: np.zeros((32, 9), np.float32)}
+    path = _edited_checkpoint(tmp_path, saved, lambda t: t.update(wrong))
     with pytest.raises(CheckpointError, match="wrong shape: " + name):
         load_ssl(path)
 
@@ -300,11 +304,15 @@ def test_freeze_feature_encoder_stops_conv_gradients():
 
     def grads(freeze):
         module, params = _tiny_encoder(freeze_feature_encoder=freeze, layerdrop=0.0)
-        loss = lambda p: jnp.sum(module.apply({"params": p}, wav)["last_hidden_state"] ** 2)
+        def loss(p):
+            return jnp.sum(module.apply({"params": p}, wav)["last_hidden_state"] ** 2)
+
         return jax.jit(jax.grad(loss))(params)
 
     frozen, free = grads(True), grads(False)
-    conv_norm = lambda g: sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g["feature_extractor"]))
+    def conv_norm(g):
+        return sum(float(jnp.abs(x).sum()) for x in jax.tree.leaves(g["feature_extractor"]))
+
     assert conv_norm(frozen) == 0.0
     assert conv_norm(free) > 0.0
     assert float(jnp.abs(frozen["feature_projection"]["projection"]["kernel"]).sum()) > 0.0
@@ -326,9 +334,8 @@ def test_bfloat16_compute_keeps_float32_params(saved):
 def test_config_round_trip_and_errors(saved):
     model, _ = saved["hubert-layer"]
     config = SSLConfig.from_hf_config(model.config.to_dict(), layerdrop=0.0)
-    assert dataclasses.replace(config, layerdrop=model.config.layerdrop) == SSLConfig.from_hf_config(
-        model.config.to_dict()
-    )
+    default = SSLConfig.from_hf_config(model.config.to_dict())
+    assert dataclasses.replace(config, layerdrop=model.config.layerdrop) == default
     assert config.do_stable_layer_norm and config.conv_bias and config.model_type == "hubert"
     with pytest.raises(ValueError, match="adapter"):
         SSLConfig.from_hf_config({"model_type": "wav2vec2", "add_adapter": True})

@@ -161,7 +161,9 @@ def _resolve(name: str) -> Path:
         )
     except (hub_errors.HfHubHTTPError, hub_errors.HFValidationError, OSError) as err:
         reason = "offline and not cached" if offline else type(err).__name__
-        raise CheckpointError(f"{name}: cannot get the checkpoint ({reason}); {_hint(name)}") from None
+        raise CheckpointError(
+            f"{name}: cannot get the checkpoint ({reason}); {_hint(name)}"
+        ) from None
     return Path(snapshot)
 
 

@@ -5,11 +5,24 @@ bidirectional=True, dropout=p)`: zero initial state, gates i, f, g, o, dropout o
 output of every layer but the last (training only), and the output
 [B, T, 2 * hidden] holds the forward direction first, then the backward one.
 
-Both directions of a layer run in one `lax.scan`, batched over a leading direction
-axis, and the input projections of all timesteps are computed up front in a single
-matmul; only the recurrent matmul stays inside the loop. The weights are therefore
-stored fused over the gates (columns in PyTorch's row order i, f, g, o), one bias
-per direction (PyTorch's b_ih + b_hh):
+How it is computed (the layer is latency bound on a CPU, so layout matters):
+
+- The stack works time-major ([T, B, features]) inside, so that every large matmul
+  is a plain 2-D product over contiguous memory, with no transposes around it.
+- The input projections of all timesteps are computed up front, one matmul per
+  direction; only the small recurrent matmul stays inside the loop.
+- Both directions run in one `lax.scan`, batched over a leading direction axis: step
+  s advances the forward direction at time s and the backward one at time T-1-s,
+  reading their projections in place instead of a time-reversed copy.
+- The recurrence has a hand-written backward pass (`_recurrence`): a reverse scan
+  that carries only the state gradients and emits the gate gradients, after which
+  the recurrent kernels' gradients are one matmul over all timesteps, instead of
+  autodiff's per-step accumulation into a carried [2, H, 4H] buffer.
+- State and gates are float32; under bf16 mixed precision only the matmuls run in
+  bf16.
+
+The weights are stored fused over the gates (columns in PyTorch's row order i, f,
+g, o), one bias per direction (PyTorch's b_ih + b_hh):
 
     layer_{k}/forward/input_kernel   [in_k, 4H]   (in_0 = input width, else 2H)
     layer_{k}/forward/hidden_kernel  [H, 4H]
@@ -19,6 +32,7 @@ per direction (PyTorch's b_ih + b_hh):
 msjax/convert/lstm.py maps a torch.nn.LSTM state dict onto this tree.
 """
 
+import functools
 import math
 
 import flax.linen as nn
@@ -61,6 +75,116 @@ class LSTMWeights(nn.Module):
         return wi, wh, bias
 
 
+def _matmul(a: jax.Array, b: jax.Array, contract: tuple[int, int]) -> jax.Array:
+    """2-D matmul contracting a's axis contract[0] with b's contract[1], float32 result."""
+    dims = (((contract[0],), (contract[1],)), ((), ()))
+    return jax.lax.dot_general(a, b, dims, preferred_element_type=jnp.float32)
+
+
+def _recurrent(h: jax.Array, wh: jax.Array) -> jax.Array:
+    """[2, B, H] x [2, H, 4H] -> [2, B, 4H] (float32), one matmul per direction."""
+    return jnp.einsum("dbh,dhg->dbg", h.astype(wh.dtype), wh, preferred_element_type=jnp.float32)
+
+
+def _recurrence_fwd(
+    pf: jax.Array, pb: jax.Array, wh: jax.Array, unroll: int
+) -> tuple[tuple[jax.Array, jax.Array], tuple[jax.Array, ...]]:
+    """Forward scan; also returns what the backward pass needs (all in scan order)."""
+    steps, batch, _ = pf.shape
+    zeros = jnp.zeros((2, batch, wh.shape[1]), jnp.float32)  # [2, B, H]
+
+    def step(carry, s):
+        h, c = carry
+        proj = jnp.stack([pf[s], pb[steps - 1 - s]]).astype(jnp.float32)  # [2, B, 4H]
+        i, f, g, o = jnp.split(proj + _recurrent(h, wh), 4, axis=-1)
+        i, f, g, o = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
+        c = f * c + i * g
+        tanh_c = jnp.tanh(c)
+        h = o * tanh_c
+        gates = jnp.concatenate([i, f, g, o], axis=-1)
+        return (h, c), (h[0], h[1], gates, c, tanh_c)
+
+    _, (hf, hb, gates, cs, tanh_cs) = jax.lax.scan(
+        step, (zeros, zeros), jnp.arange(steps), unroll=unroll
+    )
+    outputs = (hf.astype(pf.dtype), hb[::-1].astype(pb.dtype))
+    return outputs, (hf, hb, gates, cs, tanh_cs, wh)
+
+
+def _recurrence_bwd(
+    unroll: int, residuals: tuple[jax.Array, ...], d_out: tuple[jax.Array, jax.Array]
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Reverse scan over the gate gradients, then the kernel gradients in one matmul each."""
+    hf, hb, gates, cs, tanh_cs, wh = residuals
+    d_hf, d_hb = d_out
+    steps, batch, hidden = hf.shape
+    zeros = jnp.zeros((2, batch, hidden), jnp.float32)
+    c_prev = jnp.concatenate([zeros[None], cs[:-1]])  # c before each step
+
+    def step(carry, xs):
+        dh_next, dc_next = carry
+        s, gate, c_before, tanh_c = xs
+        dh = jnp.stack([d_hf[s], d_hb[steps - 1 - s]]).astype(jnp.float32) + dh_next
+        i, f, g, o = jnp.split(gate, 4, axis=-1)
+        dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
+        d_pre = jnp.concatenate(
+            [
+                dc * g * i * (1.0 - i),  # input gate (sigmoid)
+                dc * c_before * f * (1.0 - f),  # forget gate (sigmoid)
+                dc * i * (1.0 - g * g),  # cell candidate (tanh)
+                dh * tanh_c * o * (1.0 - o),  # output gate (sigmoid)
+            ],
+            axis=-1,
+        )  # [2, B, 4H]
+        dh_prev = jnp.einsum(
+            "dbg,dhg->dbh", d_pre.astype(wh.dtype), wh, preferred_element_type=jnp.float32
+        )
+        return (dh_prev, dc * f), (d_pre[0], d_pre[1])
+
+    xs = (jnp.arange(steps), gates, c_prev, tanh_cs)
+    _, (d_pf, d_pb) = jax.lax.scan(step, (zeros, zeros), xs, reverse=True, unroll=unroll)
+    # Cast after the loop: a converting write into the stacked output is not done in place.
+    d_pf, d_pb = d_pf.astype(wh.dtype), d_pb.astype(wh.dtype)
+    d_wh = []
+    for h, d_pre in ((hf, d_pf), (hb, d_pb)):
+        h_prev = jnp.concatenate([zeros[:1], h[:-1]]).astype(wh.dtype)  # [T, B, H]
+        flat = h_prev.reshape(steps * batch, hidden)
+        d_wh.append(_matmul(flat, d_pre.reshape(steps * batch, -1), (0, 0)))
+    return d_pf, d_pb[::-1], jnp.stack(d_wh).astype(wh.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _recurrence(
+    pf: jax.Array, pb: jax.Array, wh: jax.Array, unroll: int
+) -> tuple[jax.Array, jax.Array]:
+    """LSTM recurrence of both directions from zero state.
+
+    Args:
+        pf: forward direction's input projections plus bias, time-major [T, B, 4H].
+        pb: the same for the backward direction, in input time order.
+        wh: recurrent kernels [2, H, 4H] (forward, backward).
+        unroll: timesteps per scan iteration.
+
+    Returns:
+        hidden states (forward [T, B, H], backward [T, B, H]), both in input time order.
+    """
+    return _recurrence_fwd(pf, pb, wh, unroll)[0]
+
+
+_recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
+
+
+def _layer_time_major(
+    x: jax.Array, wi: jax.Array, wh: jax.Array, bias: jax.Array, unroll: int
+) -> jax.Array:
+    """One bidirectional layer, time-major: [T, B, in] -> [T, B, 2H]."""
+    steps, batch, features = x.shape
+    flat = x.reshape(steps * batch, features)
+    pf, pb = ((flat @ wi[d] + bias[d]).reshape(steps, batch, -1) for d in range(2))
+    hf, hb = _recurrence(pf, pb, wh, unroll)
+    return jnp.concatenate([hf, hb], axis=-1)
+
+
 def bidirectional_scan(
     x: jax.Array, wi: jax.Array, wh: jax.Array, bias: jax.Array, unroll: int = 1
 ) -> jax.Array:
@@ -76,36 +200,30 @@ def bidirectional_scan(
     Returns:
         [B, T, 2H]: forward outputs, then backward outputs, both in input time order.
     """
-    hidden = wh.shape[1]
-    xs = jnp.stack([x, x[:, ::-1]])  # [2, B, T, in]; backward direction reads reversed time
-    proj = jnp.einsum("dbti,dig->tdbg", xs, wi) + bias[:, None, :]  # [T, 2, B, 4H]
-
-    def step(carry, p):
-        h, c = carry  # [2, B, H] each
-        gates = p + jnp.einsum("dbh,dhg->dbg", h, wh)
-        i, f, g, o = jnp.split(gates, 4, axis=-1)
-        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
-        return (h, c), h
-
-    zeros = jnp.zeros((2, x.shape[0], hidden), proj.dtype)
-    _, hs = jax.lax.scan(step, (zeros, zeros), proj, unroll=unroll)  # [T, 2, B, H]
-    forward = hs[:, 0].transpose(1, 0, 2)
-    backward = hs[::-1, 1].transpose(1, 0, 2)
-    return jnp.concatenate([forward, backward], axis=-1)
+    out = _layer_time_major(x.transpose(1, 0, 2), wi, wh, bias, unroll)
+    return out.transpose(1, 0, 2)
 
 
 class BiLSTMLayer(nn.Module):
-    """One bidirectional layer; its weights are `forward` and `backward` (LSTMWeights)."""
+    """One bidirectional layer; its weights are `forward` and `backward` (LSTMWeights).
+
+    Attributes:
+        hidden_size: H, units per direction.
+        unroll: timesteps per scan iteration.
+        time_major: inputs and outputs are [T, B, ...] instead of [B, T, ...].
+    """
 
     hidden_size: int
     unroll: int = 1
+    time_major: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        """Maps [B, T, in] to [B, T, 2 * hidden_size]."""
+        """Maps [B, T, in] (or [T, B, in]) to [B, T, 2 * hidden_size] (or [T, B, ...])."""
         weights = [LSTMWeights(self.hidden_size, name=d)(x.shape[-1]) for d in DIRECTIONS]
         wi, wh, bias = (jnp.stack(w) for w in zip(*weights, strict=True))
+        if self.time_major:
+            return _layer_time_major(x, wi, wh, bias, self.unroll)
         return bidirectional_scan(x, wi, wh, bias, self.unroll)
 
 
@@ -135,8 +253,9 @@ class BiLSTM(nn.Module):
         Returns:
             [B, T, 2 * hidden_size].
         """
+        x = x.transpose(1, 0, 2)  # time-major between layers: one transpose in, one out
         for k in range(self.num_layers):
             if k > 0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-            x = BiLSTMLayer(self.hidden_size, self.unroll, name=f"layer_{k}")(x)
-        return x
+            x = BiLSTMLayer(self.hidden_size, self.unroll, time_major=True, name=f"layer_{k}")(x)
+        return x.transpose(1, 0, 2)
