@@ -166,6 +166,8 @@ class MsjaxRunner:
 
     def __init__(self, opts: dict[str, Any]):
         os.environ["JAX_PLATFORMS"] = "cuda" if opts["platform"] == "gpu" else "cpu"
+        # Leave GPU memory to the PyTorch child; peak_bytes_in_use still counts real use.
+        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
         import jax
         import jax.numpy as jnp
 
@@ -218,7 +220,10 @@ class MsjaxRunner:
     def matmul_gflops(self) -> float:
         n = self.matmul_size
         a = self.jnp.ones((n, n), self.dtype)
-        dot = self.jax.jit(self.jnp.dot)
+        # Accumulating in float32, as the encoder's matmuls do.
+        dot = self.jax.jit(
+            lambda x, y: self.jax.lax.dot(x, y, preferred_element_type=self.jnp.float32)
+        )
         return 2.0 * n**3 / _best_seconds(lambda: dot(a, a).block_until_ready()) / 1e9
 
     def memory(self) -> dict[str, float | None]:
