@@ -7,6 +7,7 @@ Tiny random transformers models (PyTorch, CPU) are saved locally and loaded with
 import dataclasses
 import functools
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,9 +16,9 @@ import safetensors.numpy
 import torch
 import transformers
 
-from msjax.convert.hf import load_ssl, normalize_waveform
+from msjax.convert.hf import _convert, load_ssl, normalize_waveform
 from msjax.errors import CheckpointError
-from msjax.models.ssl import SSLConfig, SSLEncoder, _span_mask
+from msjax.models.ssl import SSLConfig, SSLEncoder, _span_mask, grouped_conv_1d
 
 TINY = dict(
     hidden_size=32,
@@ -128,6 +129,59 @@ def test_matches_pytorch(saved, variant):
         assert len(out["hidden_states"]) == len(hidden) == 3
         for ours, theirs in zip(out["hidden_states"], hidden):
             assert _max_diff(ours, theirs) < TOL
+
+
+def test_gradients_match_pytorch(saved):
+    """Backward parity for every parameter (the positional conv's own weight gradient too)."""
+    model, path = saved["wav2vec2-group"]
+    ssl = load_ssl(path)
+    rng = np.random.default_rng(8)
+    wav = rng.standard_normal((2, 4321)).astype(np.float32)
+    probe = rng.standard_normal((2, ssl.config.num_frames(4321), 32)).astype(np.float32)
+
+    model.zero_grad()
+    out = model(torch.from_numpy(wav)).last_hidden_state
+    (out * torch.from_numpy(probe)).sum().backward()
+    torch_grads = {
+        name: (p.grad if p.grad is not None else torch.zeros_like(p)).numpy()
+        for name, p in model.named_parameters()
+    }
+    expected, _ = _convert(torch_grads, ssl.module, path)
+
+    def loss(params):
+        return jnp.sum(ssl.module.apply({"params": params}, wav)["last_hidden_state"] * probe)
+
+    ours = flax.traverse_util.flatten_dict(jax.jit(jax.grad(loss))(ssl.params))
+    theirs = flax.traverse_util.flatten_dict(expected)
+    assert ours.keys() == theirs.keys()
+    assert np.abs(theirs[("encoder", "pos_conv_embed", "conv", "weight_v")]).max() > 0
+    for name in ours:
+        # float32 sums over different orders: 1e-4 relative to the largest entry.
+        scale = max(1.0, float(np.abs(theirs[name]).max()))
+        assert _max_diff(ours[name], theirs[name]) < 1e-4 * scale, name
+
+
+@pytest.mark.parametrize("kernel,groups,batch", [(16, 4, 3), (5, 2, 1), (128, 16, 2)])
+def test_grouped_conv_gradient_matches_autodiff(kernel, groups, batch):
+    rng = np.random.default_rng(kernel)
+    dim, length = 8 * groups, 37
+    pad = (kernel // 2, kernel // 2 - (1 - kernel % 2))
+    x = jnp.asarray(rng.standard_normal((batch, length, dim)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((kernel, dim // groups, dim)), jnp.float32)
+
+    def plain(x, w):
+        return jax.lax.conv_general_dilated(
+            x, w, (1,), (pad,), dimension_numbers=("NWC", "WIO", "NWC"),
+            feature_group_count=groups,
+        )
+
+    y, plain_vjp = jax.vjp(plain, x, w)
+    y_ours, our_vjp = jax.vjp(lambda x, w: grouped_conv_1d(x, w, pad, groups), x, w)
+    np.testing.assert_array_equal(y_ours, y)
+    dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    for ours, theirs in zip(our_vjp(dy), plain_vjp(dy)):
+        assert ours.shape == theirs.shape
+        assert _max_diff(ours, theirs) < 1e-5 * float(jnp.abs(theirs).max())
 
 
 def test_short_input_is_zero_padded(saved):
