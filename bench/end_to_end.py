@@ -21,6 +21,8 @@ flight; `--subset` trains on a fraction of the utterances to show the peak does 
 grow with the data.
 
     python bench/end_to_end.py --data ../shared/data/emodb --epochs 2
+    python bench/end_to_end.py --epochs 2 --set fold=0 --cache CACHE   # one fold, cache kept
+    python bench/end_to_end.py --epochs 2 --runs warm --cache CACHE    # all 10 folds, warm
     python bench/end_to_end.py --data ../shared/data/emodb --epochs 2 \\
         --set ssl.name=random:tiny --set image_size='(128, 192)' --set model.lstm_hidden=64
 
@@ -172,20 +174,33 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--subset", type=float, default=1.0, help="fraction of utterances")
     parser.add_argument("--set", action="append", default=[], help="config override key=value")
+    parser.add_argument(
+        "--cache", help="feature cache directory, kept afterwards (default: a temporary one)"
+    )
+    parser.add_argument(
+        "--runs", default="cold,warm",
+        help="which runs, in order: 'cold,warm', or 'warm' alone over a --cache already filled",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--cache", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
         return
+    runs = args.runs.split(",")
+    if not set(runs) <= {"cold", "warm"}:
+        parser.error(f"--runs={args.runs}: expected cold and/or warm")
+    if "cold" in runs and args.cache and Path(args.cache).exists() and any(
+        Path(args.cache).iterdir()
+    ):
+        parser.error(f"--cache={args.cache} is not empty: a cold run needs an empty cache")
     print(f"end to end on {args.data}: {args.epochs} epochs per fold, cpu count "
-          f"{os.cpu_count()}, overrides {args.set or 'none'}")
-    with tempfile.TemporaryDirectory() as cache:
-        results = {}
-        for label in ("cold", "warm"):
-            results[label] = measure(args, cache, label)
-            report(label, results[label])
+          f"{os.cpu_count()}, overrides {args.set or 'none'}, runs {args.runs}")
+    with tempfile.TemporaryDirectory() as scratch:
+        cache = args.cache or scratch
+        Path(cache).mkdir(parents=True, exist_ok=True)
+        for label in runs:
+            report(label, measure(args, cache, label))
 
 
 if __name__ == "__main__":

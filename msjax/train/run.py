@@ -36,7 +36,7 @@ from msjax.features import FeatureConfig
 from msjax.image import fit_minmax
 from msjax.train import setup
 from msjax.train.loop import FoldRunner
-from msjax.train.pipeline import FeatureStore, cache_root
+from msjax.train.pipeline import FeatureStore, cache_root, limit_malloc_arenas
 from msjax.train.steps import create_state, make_mesh, make_steps
 from msjax.train.tsne import write_tsne
 
@@ -104,6 +104,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     workdir.mkdir(parents=True, exist_ok=True)
     _check_workdir(config, workdir)
     start = time.time()
+    limit_malloc_arenas()  # memory stays flat across folds and epochs
     dataset, folds = prepare_data(config, workdir)
     labels = dataset.labels
     write_folds_json(folds, workdir / "folds.json")
