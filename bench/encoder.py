@@ -62,6 +62,11 @@ What limits it
     difference 0.07. When other jobs load the cores PyTorch slows down far more than XLA
     (3.8 s instead of 1.4 s per batch at load average 4-5), so compare runs by their load
     averages.
+
+    Later runs on the same machine, with msjax's XLA defaults (msjax/runtime.py) and the
+    machine in a slower state (2048^3 matmul at 201-206 GFLOP/s for XLA, 154-159 for
+    PyTorch): msjax 1.94-1.97 s per batch, PyTorch 2.58-2.80 s: 1.33x and 1.42x
+    (medians), max difference 7.6e-6. With MSJAX_XLA_DEFAULTS=0 in between: 1.33x.
 """
 
 from __future__ import annotations

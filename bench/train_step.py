@@ -28,8 +28,9 @@ How it is timed. Each framework lives in its own child process, pinned to the sa
 cores with the same thread count. Each child builds its network, compiles (msjax) and
 runs `--warmup` steps, all timed apart and excluded. The parent then asks the two
 children for one step at a time, alternating between them, so that load from other
-processes on a shared machine falls on both alike; steps/s is the number of timed steps
-over their total wall time, and the process CPU time per step is printed too. Peak
+processes on a shared machine falls on both alike; steps/s is one over the median step time
+(a step slowed by a burst of outside load moves the mean, not the median), and the
+mean, the extremes and the process CPU time per step are printed too. Peak
 memory is each child's maximum resident set size on CPU (weights, Adam state,
 activations and the runtime itself), or the framework's peak device allocation on GPU.
 XLA_FLAGS and other environment variables reach the children.
@@ -45,14 +46,21 @@ apart: `flock LOCKFILE python bench/train_step.py ...`.
 What limits it. A cached step at batch 32 is about 0.44 TFLOP of matmuls and
 convolutions (AlexNet on 256x384 images 56%, the Bi-LSTM 28%, the MFCC attention 14%);
 a fine-tuning step at batch 4 about 0.45 TFLOP (the encoder's transformer, forward and
-backward, 75%; its frozen conv feature extractor 13%). A CPU core with AVX-512 peaks at
-64 float32 FLOP per cycle (about 330 GFLOP/s for 2 cores at 2.6 GHz) and large matmuls
-reach about half of that, so on a 2-core CPU either step is compute bound at several
-seconds. Within the step the Bi-LSTM is the exception: its 2 layers x 300 timesteps
-(600 forward, 600 backward) run one after another, each a small [2, B, 256] x
-[256, 1024] matmul plus elementwise gates, so it is bound by per-timestep latency
-rather than FLOPs: at small batch on a CPU, and on a GPU at any batch, where it sets
-the floor of the step time.
+backward, 75%; its frozen conv feature extractor 13%). Both frameworks run these on
+vendor kernels at a similar rate, so on a 2-core CPU either step is compute bound at
+several seconds, and the ratio is decided kernel by kernel. Measured apart (forward
+and backward, batch 32, 2 cores, one quiet afternoon): AlexNet msjax 1.53 s vs PyTorch
+1.40 s (msjax took 2.43 s while XLA ran its convolutions through YNNPACK, see
+msjax/runtime.py; XLA's own convolution kernels are within about 10% of oneDNN's layer
+by layer), the Bi-LSTM 1.06 vs 0.94 s, the MFCC attention 0.44 vs 0.40 s.
+
+The Bi-LSTM is the part bound by latency rather than FLOPs: its 2 layers x 300
+timesteps (600 forward, 600 backward) run one after another, each a small
+[2, B, 256] x [256, 1024] matmul plus elementwise gates. In msjax the matmul of one
+timestep (both directions) takes 0.19 ms, less than PyTorch's 0.22 ms for one
+direction, but XLA runs the gate arithmetic of the loop body as a dozen small kernels,
+and a whole timestep takes 0.4 ms forward and 0.8 ms backward. At small batch on a
+CPU, and on a GPU at any batch, this loop sets the floor of the step time.
 """
 
 from __future__ import annotations
@@ -425,14 +433,15 @@ class Child:
 
     @property
     def steps_per_s(self) -> float:
-        return len(self.wall) / float(np.sum(self.wall))
+        return 1.0 / float(np.median(self.wall))
 
     def report(self, label: str) -> str:
         wall, cpu, facts = np.asarray(self.wall), np.asarray(self.cpu), self.facts
         compile_s = f"compile {facts['compile_s']:.1f} s, " if facts["compile_s"] else ""
         return (
-            f"  {label:8s} {self.steps_per_s:6.3f} steps/s  ({wall.mean():.2f} s/step, min "
-            f"{wall.min():.2f}, max {wall.max():.2f}; CPU {cpu.mean():.2f} s/step)  peak "
+            f"  {label:8s} {self.steps_per_s:6.3f} steps/s  (median {np.median(wall):.2f} s/step, "
+            f"mean {wall.mean():.2f}, min {wall.min():.2f}, max {wall.max():.2f}; CPU "
+            f"{cpu.mean():.2f} s/step)  peak "
             f"{facts['peak_mib']:,.0f} MiB  [{compile_s}warm-up {facts['warmup_s']:.1f} s]"
         )
 

@@ -14,14 +14,11 @@ the ported ImageNet weights map one to one (see msjax/convert/torchvision.py):
     features_8  : kernel [3, 3, 384, 256],  bias [256]   (padding 1)
     features_10 : kernel [3, 3, 256, 256],  bias [256]   (padding 1)
 
-The convolutions have a hand-written backward pass (`conv2d`). XLA's CPU backend
-computes a convolution's kernel gradient as another convolution whose "kernel" is
-the whole output map, which runs at a fraction of its forward speed and made up
-more than half of this branch's training step. Here the kernel gradient is a sum of
-plain matmuls instead, one per kernel tap (see `_kernel_grad`); the input gradient
-and the forward pass stay XLA convolutions, which are fast. Max pooling is likewise
-written as elementwise maxima of strided slices (`max_pool`): XLA's reduce-window
-pooling and its select-and-scatter gradient are several times slower on a CPU.
+Convolutions are XLA's, gradients by autodiff. On a CPU they run fastest through
+XLA's own (Eigen) convolution kernels rather than YNNPACK's, which is one of the
+settings `msjax.runtime` applies. Max pooling is written as elementwise maxima of
+strided slices (`max_pool`): XLA's reduce-window pooling and its select-and-scatter
+gradient are slower on a CPU (AlexNet's training step 15% slower).
 """
 
 import functools
@@ -74,66 +71,6 @@ def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int] = (6, 6)) -> ja
     return jnp.einsum("ih,bhwc,jw->bijc", rows, x, cols, precision=jax.lax.Precision.HIGHEST)
 
 
-def _conv(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
-    return jax.lax.conv_general_dilated(
-        x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
-        dimension_numbers=("NHWC", "HWIO", "NHWC"),
-    )
-
-
-def _kernel_grad(x: jax.Array, dy: jax.Array, size: int, stride: int, pad: int) -> jax.Array:
-    """Gradient of a square conv's kernel as a sum of matmuls over shifted inputs.
-
-    Space-to-depth first turns a stride-s conv into a stride-1 conv with a kernel of
-    ceil(k / s) taps over s*s*C channels (AlexNet's 11x11/4 first layer becomes 3x3
-    over 48 channels). With the (space-to-depth) input and the output gradient both
-    laid out on the same padded grid and flattened, the contribution of tap (i, j)
-    is a single matmul between the input shifted by i * width + j rows and the
-    output gradient; grid positions that are not real outputs carry a zero gradient,
-    so the rows that wrap around an edge add nothing.
-
-    Args:
-        x: conv input [B, H, W, C].
-        dy: gradient of the conv output [B, OH, OW, O].
-        size: kernel size k.
-        stride: s.
-        pad: zero padding on each side.
-
-    Returns:
-        float32 [k, k, C, O].
-    """
-    batch, height, width, channels = x.shape
-    _, out_h, out_w, out_c = dy.shape
-    taps = -(-size // stride)
-    grid_h, grid_w = out_h + taps - 1, out_w + taps - 1
-    # Pad to exactly the rows and columns the windows cover (negative pads crop).
-    pads = (
-        (0, 0, 0),
-        (pad, grid_h * stride - height - pad, 0),
-        (pad, grid_w * stride - width - pad, 0),
-        (0, 0, 0),
-    )
-    x = jax.lax.pad(x, jnp.zeros((), x.dtype), pads)
-    x = x.reshape(batch, grid_h, stride, grid_w, stride, channels).transpose(0, 1, 3, 2, 4, 5)
-    x = x.reshape(batch * grid_h * grid_w, stride * stride * channels)
-    dy_pads = ((0, 0, 0), (0, taps - 1, 0), (0, taps - 1, 0), (0, 0, 0))
-    dy = jax.lax.pad(dy, jnp.zeros((), dy.dtype), dy_pads).reshape(-1, out_c)
-    rows = dy.shape[0] - (taps - 1) * (grid_w + 1)
-    contract = (((0,), (0,)), ((), ()))
-    grads = [
-        jax.lax.dot_general(
-            jax.lax.slice_in_dim(x, i * grid_w + j, i * grid_w + j + rows), dy[:rows],
-            contract, preferred_element_type=jnp.float32,
-        )
-        for i in range(taps)
-        for j in range(taps)
-    ]  # each [s*s*C, O]
-    grad = jnp.stack(grads).reshape(taps, taps, stride, stride, channels, out_c)
-    grad = grad.transpose(0, 2, 1, 3, 4, 5).reshape(taps * stride, taps * stride, channels, out_c)
-    return grad[:size, :size]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv2d(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
     """Square NHWC convolution with symmetric zero padding (PyTorch's Conv2d, no bias).
 
@@ -146,27 +83,10 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int, pad: int) -> jax.Array:
     Returns:
         [B, (H + 2 * pad - k) // s + 1, (W + 2 * pad - k) // s + 1, O].
     """
-    return _conv(x, kernel, stride, pad)
-
-
-def _conv2d_fwd(
-    x: jax.Array, kernel: jax.Array, stride: int, pad: int
-) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
-    return _conv(x, kernel, stride, pad), (x, kernel)
-
-
-def _conv2d_bwd(
-    stride: int, pad: int, residuals: tuple[jax.Array, jax.Array], dy: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    x, kernel = residuals
-    # Unused (and so compiled away) for the first layer, whose input is data.
-    _, input_vjp = jax.vjp(lambda x: _conv(x, kernel, stride, pad), x)
-    (dx,) = input_vjp(dy)
-    dkernel = _kernel_grad(x, dy.astype(x.dtype), kernel.shape[0], stride, pad)
-    return dx, dkernel.astype(kernel.dtype)
-
-
-conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
+    return jax.lax.conv_general_dilated(
+        x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
 
 
 def _max_pool_axis(x: jax.Array, axis: int, window: int, stride: int) -> jax.Array:
