@@ -46,9 +46,8 @@ def apply_xla_defaults(environ: MutableMapping[str, str] | None = None) -> list[
 
 
 def _jax_version() -> str:
-    from importlib import metadata
-
-    try:
-        return metadata.version("jaxlib")
-    except metadata.PackageNotFoundError:
+    try:  # jaxlib's own version module: cheap, and JAX imports jaxlib anyway
+        from jaxlib.version import __version__
+    except ImportError:
         return ""
+    return __version__
