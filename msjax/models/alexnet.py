@@ -15,8 +15,8 @@ the ported ImageNet weights map one to one (see msjax/convert/torchvision.py):
     features_10 : kernel [3, 3, 256, 256],  bias [256]   (padding 1)
 
 Convolutions are XLA's, gradients by autodiff. On a CPU they run fastest through
-XLA's own (Eigen) convolution kernels rather than YNNPACK's, which is one of the
-settings `msjax.runtime` applies. Max pooling is written as elementwise maxima of
+XLA's own (Eigen) convolution kernels rather than YNNPACK's, which is the
+setting `msjax.runtime` applies on import. Max pooling is written as elementwise maxima of
 strided slices (`max_pool`): XLA's reduce-window pooling and its select-and-scatter
 gradient are slower on a CPU (AlexNet's training step 15% slower).
 """
