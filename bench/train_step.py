@@ -49,18 +49,21 @@ a fine-tuning step at batch 4 about 0.45 TFLOP (the encoder's transformer, forwa
 backward, 75%; its frozen conv feature extractor 13%). Both frameworks run these on
 vendor kernels at a similar rate, so on a 2-core CPU either step is compute bound at
 several seconds, and the ratio is decided kernel by kernel. Measured apart (forward
-and backward, batch 32, 2 cores, one quiet afternoon): AlexNet msjax 1.53 s vs PyTorch
-1.40 s (msjax took 2.43 s while XLA ran its convolutions through YNNPACK, see
-msjax/runtime.py; XLA's own convolution kernels are within about 10% of oneDNN's layer
-by layer), the Bi-LSTM 1.06 vs 0.94 s, the MFCC attention 0.44 vs 0.40 s.
+and backward, batch 32, 2 cores, 2026-12-01): AlexNet msjax 1.51 s vs PyTorch 1.36 s
+(forward alone 0.46 vs 0.48 s; msjax took 2.43 s while XLA ran its convolutions
+through YNNPACK, see msjax/runtime.py; XLA's own convolution kernels are within about
+10% of oneDNN's layer by layer), the Bi-LSTM 0.93 s on both sides, the MFCC attention
+0.33 vs 0.37 s (msjax computes its scores with one projection instead of two, see
+msjax/models/attention.py; the PyTorch network below computes Q and K as the paper
+writes them).
 
 The Bi-LSTM is the part bound by latency rather than FLOPs: its 2 layers x 300
 timesteps (600 forward, 600 backward) run one after another, each a small
-[2, B, 256] x [256, 1024] matmul plus elementwise gates. In msjax the matmul of one
-timestep (both directions) takes 0.19 ms, less than PyTorch's 0.22 ms for one
-direction, but XLA runs the gate arithmetic of the loop body as a dozen small kernels,
-and a whole timestep takes 0.4 ms forward and 0.8 ms backward. At small batch on a
-CPU, and on a GPU at any batch, this loop sets the floor of the step time.
+[2, B, 256] x [256, 1024] matmul plus elementwise gates. In msjax that matmul takes
+about 0.2 ms per timestep (both directions) forward and the same backward, and a
+whole timestep, gates included, about 0.9 ms forward and backward together; XLA
+runs the gate arithmetic as a dozen small kernels. At small batch on a CPU, and on
+a GPU at any batch, this loop sets the floor of the step time.
 """
 
 from __future__ import annotations

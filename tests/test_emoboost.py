@@ -93,6 +93,35 @@ def test_attention_matches_torch(shape):
     assert err < 1e-5, err
 
 
+@pytest.mark.parametrize("shape", [(2, 300, 512), (3, 36, 256)])  # folded scores, then direct
+def test_attention_gradients_match_torch(shape):
+    """Gradients of every parameter and the input, against torch autograd, 1e-4 of scale."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(shape, dtype=np.float32)
+    cotangent = rng.standard_normal(shape, dtype=np.float32)
+    params = ResidualSelfAttention().init(jax.random.key(0), x)["params"]
+
+    def loss(params, x):
+        return jnp.sum(ResidualSelfAttention().apply({"params": params}, x) * cotangent)
+
+    got_params, got_x = jax.grad(loss, argnums=(0, 1))(params, x)
+    weights = jax.tree.map(lambda a: torch.from_numpy(np.array(a)).requires_grad_(), params)
+    x_t = torch.from_numpy(x).requires_grad_()
+    (_torch_attention(x_t, weights) * torch.from_numpy(cotangent)).sum().backward()
+    want = {"x": x_t.grad.numpy()} | {
+        f"{n}/{k}": weights[n][k].grad.numpy() for n in weights for k in weights[n]
+    }
+    got = {"x": np.asarray(got_x)} | {
+        f"{n}/{k}": np.asarray(got_params[n][k]) for n in got_params for k in got_params[n]
+    }
+    for name in want:
+        # The key bias gets no gradient in exact arithmetic (softmax ignores it); torch's
+        # is rounding noise, so it is held to the kernel's scale.
+        scale = np.abs(want["key/kernel" if name == "key/bias" else name]).max()
+        err = np.abs(got[name] - want[name]).max()
+        assert err < 1e-4 * scale, (name, err, scale)
+
+
 def test_frame_l2_normalize():
     x = np.random.default_rng(0).standard_normal((2, 6, 40), dtype=np.float32)
     x[:, 4:] = 0.0  # zero-padded frames
@@ -255,6 +284,10 @@ def test_jitted_train_step(small_model):
     new_params, _, loss = step(params, tx.init(params), jax.random.key(1))
     assert np.isfinite(float(loss))
     moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), params, new_params)
+    # Attention key biases shift all scores of a query equally, which softmax ignores:
+    # their gradient is zero (rounding noise at most), so they need not move.
+    for branch in ("spec_attention", "mfcc_attention"):
+        moved[branch]["key"].pop("bias")
     assert all(jax.tree.leaves(moved))
 
 
