@@ -300,9 +300,9 @@ def test_iemocap_repeated_utterance(tmp_path):
 
 
 def test_load_dataset_names_and_unknown():
-    assert DATASETS == ("iemocap", "emodb", "emovo", "synthetic")
-    with pytest.raises(UsageError, match="unknown dataset 'ravdess'"):
-        load_dataset("ravdess", Path("."))
+    assert DATASETS == ("iemocap", "emodb", "emovo", "synthetic", "manifest")
+    with pytest.raises(UsageError, match="unknown dataset 'timit'"):
+        load_dataset("timit", Path("."))
 
 
 def test_dataset_rejects_duplicates_and_unknown_labels():

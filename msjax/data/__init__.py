@@ -7,14 +7,15 @@ names in a fixed order per corpus (the class ids):
     emodb:     anger, boredom, disgust, fear, happiness, sadness, neutral
     emovo:     anger, disgust, fear, happiness, sadness, neutral, surprise
     synthetic: as emodb (an EMODB-layout corpus made by `synthetic.generate_corpus`)
+    manifest:  the data's own labels, sorted, or the config's `labels` (see `manifest`)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from msjax.data import emodb, emovo, iemocap, synthetic
+from msjax.data import emodb, emovo, iemocap, manifest, synthetic
 from msjax.data.records import Dataset, Utterance, label_index
 from msjax.errors import UsageError
 
@@ -23,8 +24,10 @@ _LOADERS: dict[str, Callable[..., Dataset]] = {
     "emodb": emodb.load,
     "emovo": emovo.load,
     "synthetic": synthetic.load,
+    "manifest": manifest.load,
 }
 DATASETS: tuple[str, ...] = tuple(_LOADERS)
+# Fixed class orders (a manifest's come from its data or config).
 LABELS: dict[str, tuple[str, ...]] = {
     "iemocap": iemocap.LABELS,
     "emodb": emodb.LABELS,
@@ -38,7 +41,8 @@ def load_dataset(name: str, root: Path, **kw) -> Dataset:
 
     Args:
         name: One of `DATASETS`.
-        root: The corpus directory (see each loader's module docstring for its layout).
+        root: The corpus directory (see each loader's module docstring for its layout), or
+            the manifest file.
         **kw: Passed to the loader, e.g. `allow_count_mismatch=True`.
 
     Raises:
@@ -50,4 +54,14 @@ def load_dataset(name: str, root: Path, **kw) -> Dataset:
     return _LOADERS[name](Path(root), **kw)
 
 
-__all__ = ["DATASETS", "LABELS", "Dataset", "Utterance", "label_index", "load_dataset"]
+def loader_options(config: Mapping) -> dict:
+    """The loader keywords a run config sets: the count check, a manifest's label options."""
+    options = {"allow_count_mismatch": config["allow_count_mismatch"]}
+    if config["dataset"] == "manifest":
+        options.update(labels=config["labels"], label_map=config["label_map"])
+    return options
+
+
+__all__ = [
+    "DATASETS", "LABELS", "Dataset", "Utterance", "label_index", "load_dataset", "loader_options",
+]

@@ -3,8 +3,12 @@
 Protocols:
     "loso": leave one speaker out; one fold per speaker (IEMOCAP 10, EMODB 10, EMOVO 6).
     "session": leave one session out (IEMOCAP, 5 folds); both speakers of a session are tested.
+    "group": leave one group out: one fold per `session` value, for any grouping a manifest
+        gives (recording days, rooms, speaker sets); splits never share a group.
     "stratified": seeded label-stratified k-fold over utterances (EMOVO in the paper, 10 folds);
         speakers are shared between splits by design.
+    "split": the corpus' own train/val/test split (one fold, no cross-validation); without
+        val rows, validation is held out of train as for "stratified".
 
 Validation (always carved out of the training side, never from the test fold):
     "heldout" (default):
@@ -27,17 +31,17 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from msjax.data.records import Dataset, label_ids
+from msjax.data.records import Dataset, Utterance, label_ids
 from msjax.errors import DataError, UsageError
 
-PROTOCOLS: tuple[str, ...] = ("loso", "session", "stratified")
+PROTOCOLS: tuple[str, ...] = ("loso", "session", "group", "stratified", "split")
 VALIDATIONS: tuple[str, ...] = ("heldout", "test")
 DEFAULT_STRATIFIED_FOLDS = 10
 HELDOUT_FRACTION = 0.1
@@ -53,7 +57,7 @@ class Fold:
         train, val, test: Utterance ids of each split.
         test_speakers, val_speakers, train_speakers: Sorted speakers present in each split
             (for "stratified" they overlap by design).
-        protocol: "loso", "session" or "stratified".
+        protocol: One of `PROTOCOLS`.
         validation: "heldout" or "test" (val == test, paper-compatible, inflated).
         class_counts: {split: {label: count}} in label order, for reports and folds.json.
     """
@@ -91,9 +95,9 @@ def make_folds(
 
     Args:
         dataset: A loaded corpus.
-        protocol: "loso", "session" or "stratified" (see the module docstring).
-        num_folds: None for the protocol's natural count (speakers, sessions, or 10);
-            "loso" and "session" accept only that count.
+        protocol: One of `PROTOCOLS` (see the module docstring).
+        num_folds: None for the protocol's natural count (speakers, sessions, groups, 10,
+            or 1 for "split"); only "stratified" accepts another count.
         seed: Seeds the stratified split and the validation choice.
         validation: "heldout" (default) or "test"; "test" selects on the test fold itself,
             as CA-MSER and the paper do, which inflates results.
@@ -103,7 +107,8 @@ def make_folds(
 
     Raises:
         UsageError: unknown protocol/validation, or an impossible fold count.
-        DataError: a fold fails the disjointness check (a bug, never expected).
+        DataError: utterances without the speaker, group or split the protocol needs; a
+            fold that fails the disjointness check (a bug, never expected).
     """
     if protocol not in PROTOCOLS:
         raise UsageError(
@@ -113,8 +118,11 @@ def make_folds(
         raise UsageError(
             f"unknown validation {validation!r}; choose one of {', '.join(VALIDATIONS)}"
         )
+    _require_field(dataset, protocol)
     if protocol == "stratified":
         splits = _stratified_splits(dataset, num_folds, seed, validation)
+    elif protocol == "split":
+        splits = [_official_split(dataset, num_folds, seed, validation)]
     else:
         splits = _speaker_splits(dataset, protocol, num_folds, seed, validation)
     folds = [
@@ -126,11 +134,39 @@ def make_folds(
     return folds
 
 
+def _require_field(dataset: Dataset, protocol: str) -> None:
+    """Raises DataError when utterances lack the speaker, group or split `protocol` uses."""
+    needs = {
+        "loso": ("a speaker", lambda u: bool(u.speaker)),
+        "group": ("a session", lambda u: bool(u.session)),
+        "split": ("a split (train, val or test)", lambda u: u.split in SPLITS),
+    }
+    if protocol not in needs:
+        return
+    what, present = needs[protocol]
+    lacking = [u for u in dataset.utterances if not present(u)]
+    if lacking:
+        raise DataError(
+            f"{dataset.name}: protocol {protocol!r} needs {what} for every utterance; "
+            f"{len(lacking)} of {len(dataset)} have none (first: {lacking[0].path})"
+        )
+
+
+def _unit(protocol: str) -> Callable[[Utterance], str]:
+    """What a speaker protocol keeps apart: the group for "group", else the speaker."""
+    if protocol == "group":
+        return lambda u: u.session
+    return lambda u: u.speaker
+
+
 def _speaker_groups(dataset: Dataset, protocol: str, num_folds: int | None) -> list[set[str]]:
-    """The speakers tested by each fold of a speaker protocol."""
+    """The speakers (groups, for "group") tested by each fold of a speaker protocol."""
     if protocol == "loso":
         groups = [{s} for s in dataset.speakers]
         unit = "speakers"
+    elif protocol == "group":
+        groups = [{s} for s in dataset.sessions]
+        unit = "groups"
     else:
         if not dataset.sessions:
             raise UsageError(
@@ -153,7 +189,7 @@ def _speaker_groups(dataset: Dataset, protocol: str, num_folds: int | None) -> l
 
 
 def _validation_speaker(dataset: Dataset, protocol: str, group: set[str], order: list[str]) -> str:
-    """The held-out validation speaker for a fold that tests `group`."""
+    """The held-out validation speaker (group) for a fold that tests `group`."""
     if protocol == "loso" and dataset.sessions:
         (speaker,) = group
         session = {u.session for u in dataset.utterances if u.speaker == speaker}
@@ -169,23 +205,24 @@ def _speaker_splits(
     dataset: Dataset, protocol: str, num_folds: int | None, seed: int, validation: str
 ) -> list[tuple[list[str], list[str], list[str]]]:
     groups = _speaker_groups(dataset, protocol, num_folds)
-    if validation == "heldout" and any(len(dataset.speakers) - len(g) < 2 for g in groups):
+    key = _unit(protocol)
+    units = dataset.sessions if protocol == "group" else dataset.speakers
+    noun = "groups" if protocol == "group" else "speakers"
+    if validation == "heldout" and any(len(units) - len(g) < 2 for g in groups):
         raise UsageError(
-            f"{dataset.name}: held-out validation needs 2 speakers outside every test fold "
-            f"(one to validate, one to train); it has {len(dataset.speakers)} speakers"
+            f"{dataset.name}: held-out validation needs 2 {noun} outside every test fold "
+            f"(one to validate, one to train); it has {len(units)} {noun}"
         )
-    order = [str(s) for s in np.random.default_rng(seed).permutation(list(dataset.speakers))]
+    order = [str(s) for s in np.random.default_rng(seed).permutation(list(units))]
     splits = []
     for group in groups:
-        test = [u.uid for u in dataset.utterances if u.speaker in group]
+        test = [u.uid for u in dataset.utterances if key(u) in group]
         if validation == "heldout":
-            val_speaker = _validation_speaker(dataset, protocol, group, order)
-            val = [u.uid for u in dataset.utterances if u.speaker == val_speaker]
+            val_unit = _validation_speaker(dataset, protocol, group, order)
+            val = [u.uid for u in dataset.utterances if key(u) == val_unit]
         else:
-            val_speaker, val = None, list(test)
-        train = [
-            u.uid for u in dataset.utterances if u.speaker not in group and u.speaker != val_speaker
-        ]
+            val_unit, val = None, list(test)
+        train = [u.uid for u in dataset.utterances if key(u) not in group and key(u) != val_unit]
         splits.append((train, val, test))
     return splits
 
@@ -195,12 +232,14 @@ def _stratified_splits(
 ) -> list[tuple[list[str], list[str], list[str]]]:
     k = DEFAULT_STRATIFIED_FOLDS if num_folds is None else num_folds
     y = np.asarray(label_ids(dataset))
-    counts = np.bincount(y)
-    smallest = int(counts[counts > 0].min()) if len(y) else 0
-    if k < 2 or smallest < k:
+    counts = np.bincount(y, minlength=len(dataset.labels))
+    present = [i for i, n in enumerate(counts) if n > 0]
+    smallest = min(present, key=lambda i: counts[i]) if present else None
+    if k < 2 or smallest is None or counts[smallest] < k:
+        have = f"{dataset.labels[smallest]} has {counts[smallest]}" if present else "it is empty"
         raise UsageError(
             f"stratified {k}-fold on {dataset.name} needs every class to have >= {k} utterances "
-            f"(smallest has {smallest})"
+            f"(smallest: {have})"
         )
     uids = np.asarray([u.uid for u in dataset.utterances])
     splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
@@ -208,24 +247,54 @@ def _stratified_splits(
     for i, (train_idx, test_idx) in enumerate(splitter.split(uids, y)):
         val_idx = test_idx
         if validation == "heldout":
-            # At least one utterance per class, so small corpora still stratify.
-            present = np.bincount(y[train_idx])
-            present = present[present > 0]
-            size = max(int(np.ceil(HELDOUT_FRACTION * len(train_idx))), len(present))
-            if present.min() < 2:
-                raise UsageError(
-                    f"stratified {k}-fold on {dataset.name}: fold {i}'s training side has a "
-                    "class with one utterance, too few to hold out a validation set"
-                )
-            # A fold-specific seed keeps each fold's validation slice independent.
-            train_idx, val_idx = train_test_split(
-                train_idx,
-                test_size=size,
-                stratify=y[train_idx],
-                random_state=int(np.random.default_rng([seed, i]).integers(2**31)),
-            )
+            where = f"stratified {k}-fold on {dataset.name}: fold {i}'s"
+            train_idx, val_idx = _heldout(train_idx, y, [seed, i], where)
         splits.append(tuple(list(uids[np.sort(idx)]) for idx in (train_idx, val_idx, test_idx)))
     return splits
+
+
+def _heldout(
+    train_idx: np.ndarray, y: np.ndarray, seed: list[int], where: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Splits a label-stratified validation slice (10%, >= 1 per class) off `train_idx`."""
+    present = np.bincount(y[train_idx])
+    present = present[present > 0]
+    if present.min() < 2:
+        raise UsageError(
+            f"{where} training side has a class with one utterance, too few to hold out a "
+            "validation set"
+        )
+    size = max(int(np.ceil(HELDOUT_FRACTION * len(train_idx))), len(present))
+    # A seed per fold keeps each fold's validation slice independent.
+    return train_test_split(
+        train_idx,
+        test_size=size,
+        stratify=y[train_idx],
+        random_state=int(np.random.default_rng(seed).integers(2**31)),
+    )
+
+
+def _official_split(
+    dataset: Dataset, num_folds: int | None, seed: int, validation: str
+) -> tuple[list[str], list[str], list[str]]:
+    """The corpus' own split; under validation="test" its val rows join the training side."""
+    if num_folds not in (None, 1):
+        raise UsageError(
+            f"protocol 'split' on {dataset.name} gives 1 fold (its own split), not {num_folds}"
+        )
+    index = {name: [i for i, u in enumerate(dataset.utterances) if u.split == name]
+             for name in SPLITS}
+    if not index["train"] or not index["test"]:
+        counts = ", ".join(f"{name} {len(rows)}" for name, rows in index.items())
+        raise DataError(f"{dataset.name}: protocol 'split' needs train and test rows ({counts})")
+    train, val, test = (np.asarray(index[name], dtype=int) for name in SPLITS)
+    if validation == "test":
+        train, val = np.sort(np.concatenate([train, val])), test
+    elif not len(val):
+        y = np.asarray(label_ids(dataset))
+        train, val = _heldout(train, y, [seed, 0], f"{dataset.name} split:")
+    uids = np.asarray([u.uid for u in dataset.utterances])
+    return tuple(list(uids[np.sort(idx)]) for idx in (train, val, test))
 
 
 def _make_fold(
@@ -261,13 +330,13 @@ def check_fold(fold: Fold, dataset: Dataset) -> None:
     """Checks that a fold's splits are non-empty, disjoint and cover the dataset.
 
     Splits must not share utterances (except val == test under validation="test"); under
-    the speaker protocols they must not share speakers either.
+    the speaker protocols they must not share speakers (groups, for "group") either.
 
     Raises:
         DataError: naming the fold, the splits and the shared utterances or speakers.
     """
     where = f"{dataset.name} fold {fold.index}"
-    speakers = {u.uid: u.speaker for u in dataset.utterances}
+    utts = dataset.by_uid()
     pairs = [("train", "test"), ("train", "val")]
     if fold.validation == "test":
         if fold.val != fold.test:
@@ -277,17 +346,19 @@ def check_fold(fold: Fold, dataset: Dataset) -> None:
     for name in SPLITS:
         if not fold.split(name):
             raise DataError(f"{where}: the {name} split is empty")
-        unknown = set(fold.split(name)) - speakers.keys()
+        unknown = set(fold.split(name)) - utts.keys()
         if unknown:
             raise DataError(f"{where}: {name} holds unknown utterances {sorted(unknown)[:5]}")
     for a, b in pairs:
         shared = set(fold.split(a)) & set(fold.split(b))
         if shared:
             raise DataError(f"{where}: {a} and {b} share utterances {sorted(shared)[:5]}")
-        if fold.protocol != "stratified":
-            shared = {speakers[u] for u in fold.split(a)} & {speakers[u] for u in fold.split(b)}
+        if fold.protocol in ("loso", "session", "group"):
+            key = _unit(fold.protocol)
+            shared = {key(utts[u]) for u in fold.split(a)} & {key(utts[u]) for u in fold.split(b)}
             if shared:
-                raise DataError(f"{where}: {a} and {b} share speakers {sorted(shared)}")
+                noun = "groups" if fold.protocol == "group" else "speakers"
+                raise DataError(f"{where}: {a} and {b} share {noun} {sorted(shared)}")
     covered = set(fold.train) | set(fold.val) | set(fold.test)
     if len(covered) != len(dataset):
         raise DataError(f"{where}: splits cover {len(covered)} of {len(dataset)} utterances")

@@ -24,7 +24,10 @@ class Utterance:
         speaker: Speaker id, e.g. "03" (EMODB), "f1" (EMOVO), "1M" (IEMOCAP).
         label: Canonical English emotion name, one of `Dataset.labels`.
         duration: Length in seconds, read from the file header.
-        session: Recording session ("1".."5" for IEMOCAP), None where there is none.
+        session: Recording session ("1".."5" for IEMOCAP) or a manifest's group, None
+            where there is none.
+        split: "train", "val" or "test" where the corpus has its own split (manifests),
+            else None.
     """
 
     uid: str
@@ -33,6 +36,7 @@ class Utterance:
     label: str
     duration: float
     session: str | None = None
+    split: str | None = None
 
 
 @dataclass(frozen=True)

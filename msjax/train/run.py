@@ -26,7 +26,7 @@ import optax
 from msjax import metrics as M
 from msjax import report
 from msjax.cache import FeatureCache
-from msjax.data import load_dataset
+from msjax.data import load_dataset, loader_options
 from msjax.data.folds import Fold, make_folds, summarize_folds, write_folds_json
 from msjax.data.records import Dataset
 from msjax.data.synthetic import generate_corpus
@@ -53,10 +53,7 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Data
     if config.dataset == "synthetic":
         # Idempotent: an existing corpus with the same settings is reused as it is.
         generate_corpus(root, **config.synthetic)
-    dataset = load_dataset(
-        config.dataset, root,
-        allow_count_mismatch=config.allow_count_mismatch,
-    )
+    dataset = load_dataset(config.dataset, root, **loader_options(config))
     folds = make_folds(
         dataset, config.protocol, config.num_folds or None, config.seed, config.validation
     )

@@ -1,0 +1,250 @@
+"""Manifest corpora: formats, label options, every bad-row report, the protocols, and
+EMODB written as a manifest giving exactly what the EMODB loader gives."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from msjax.cache import FeatureCache
+from msjax.data import emodb, load_dataset, manifest
+from msjax.data.folds import make_folds
+from msjax.errors import DataError, UsageError
+from msjax.features import FeatureConfig
+from msjax.train.pipeline import FeatureStore
+
+EMODB = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb"
+
+
+def write_wav(path: Path, n: int = 320) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, 0.1 * np.sin(np.arange(n) / 5.0), 16000, subtype="PCM_16")
+
+
+def write_csv(path: Path, header: str, lines: list[str], sep: str = ",") -> Path:
+    path.write_text("\n".join([header.replace(",", sep)] + [x.replace(",", sep) for x in lines]))
+    return path
+
+
+def corpus(root: Path, speakers=("s1", "s2", "s3", "s4"), labels=("neu", "ang", "hap"), n=2):
+    """Rows of a small corpus whose wav files exist under root/wav."""
+    rows = []
+    for spk in speakers:
+        for label in labels:
+            for i in range(n):
+                rel = f"wav/{spk}_{label}_{i}.wav"
+                write_wav(root / rel)
+                rows.append(
+                    {
+                        "path": rel,
+                        "emotion": label,
+                        "speaker": spk,
+                        "session": f"g{int(spk[1:]) % 2}",
+                        "split": "",
+                        "extra": "x",
+                    }
+                )
+    return rows
+
+
+def test_csv_tsv_jsonl_give_one_dataset(tmp_path):
+    rows = corpus(tmp_path)
+    loaded = []
+    for suffix in (".csv", ".tsv", ".jsonl"):
+        manifest.write(rows, tmp_path / f"list{suffix}")
+        loaded.append(manifest.load(tmp_path / f"list{suffix}"))
+    assert loaded[0] == loaded[1] == loaded[2]
+    ds = loaded[0]
+    assert ds.labels == ("ang", "hap", "neu")  # the data's labels, sorted
+    assert len(ds) == 24 and ds.speakers == ("s1", "s2", "s3", "s4")
+    assert ds.sessions == ("g0", "g1")
+    assert (
+        ds.utterances[0].uid == "s1_ang_0"
+        and ds.utterances[0].path == tmp_path / "wav/s1_ang_0.wav"
+    )
+
+
+def test_extra_columns_absolute_paths_and_colliding_stems(tmp_path):
+    write_wav(tmp_path / "a" / "x.wav")
+    write_wav(tmp_path / "b" / "x.wav")
+    other = tmp_path / "elsewhere" / "y.wav"
+    write_wav(other)
+    (tmp_path / "m").mkdir()
+    path = write_csv(
+        tmp_path / "m" / "list.csv",
+        "path,emotion,notes",
+        ["../a/x.wav,sad,hello", "../b/x.wav,sad,", f"{other},joy,z"],
+    )
+    ds = manifest.load(path)
+    assert sorted(u.uid for u in ds.utterances) == sorted(
+        ["../a/x", "../b/x", other.with_suffix("").as_posix()]
+    )
+    assert {u.speaker for u in ds.utterances} == {""}
+
+
+def test_labels_order_and_label_map(tmp_path):
+    rows = corpus(tmp_path, labels=("neu", "ang", "exc", "oth"), n=1)
+    manifest.write(rows, tmp_path / "list.csv")
+    ds = load_dataset(
+        "manifest", tmp_path / "list.csv", labels="neu,ang,hap", label_map="exc:hap,oth:"
+    )
+    assert ds.labels == ("neu", "ang", "hap")
+    assert ds.class_counts() == {"neu": 4, "ang": 4, "hap": 4}  # oth dropped, exc merged
+    with pytest.raises(DataError, match="label_map entry 'exc'"):
+        manifest.load(tmp_path / "list.csv", label_map="exc")
+
+
+def test_every_bad_row_is_reported_with_its_line(tmp_path):
+    rows = corpus(tmp_path, speakers=("s1",), labels=("ang", "neu"), n=2)
+    (tmp_path / "wav" / "broken.wav").write_bytes(b"not audio at all")
+    lines = [f"{r['path']},{r['emotion']},s1" for r in rows] + [
+        "wav/gone1.wav,ang,s1",
+        "wav/broken.wav,neu,s1",
+        f"{rows[0]['path']},ang,s1",
+        "wav/gone2.wav,sad,s1",
+        "wav/s1_neu_1.wav,,s1",
+    ]
+    path = write_csv(tmp_path / "list.csv", "path,emotion,speaker", lines)
+    with pytest.raises(DataError) as err:
+        manifest.load(path, labels="ang,neu")
+    message = str(err.value).splitlines()
+    assert message[0] == f"{path}: 7 problem(s)"
+    body = "\n".join(message[1:])
+    assert f"{path}:6: wav/gone1.wav: no such file" in body
+    assert f"{path}:7: " in body and "broken.wav: cannot read audio header" in body
+    assert f"{path}:8: wav/s1_ang_0.wav: duplicate path (also on line 2)" in body
+    assert f"{path}:9: wav/gone2.wav: label 'sad' is not one of ang, neu" in body
+    assert f"{path}:9: wav/gone2.wav: no such file" in body
+    assert f"{path}:10: wav/s1_neu_1.wav: empty emotion" in body
+    assert f"{path}:10: wav/s1_neu_1.wav: duplicate path (also on line 5)" in body
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("file,emotion\nx.wav,ang", "missing column\\(s\\) path \\(columns: file, emotion\\)"),
+        ("path,emotion\n", "no utterances"),
+    ],
+)
+def test_bad_manifest_files(tmp_path, content, match):
+    (tmp_path / "list.csv").write_text(content)
+    with pytest.raises(DataError, match=match):
+        manifest.load(tmp_path / "list.csv")
+
+
+def test_bad_manifest_names(tmp_path):
+    with pytest.raises(DataError, match="must end in .csv, .tsv, .jsonl"):
+        manifest.load(tmp_path / "list.txt")
+    with pytest.raises(DataError, match="manifest not found"):
+        manifest.load(tmp_path / "list.csv")
+    (tmp_path / "list.jsonl").write_text('{"path": "a.wav", "emotion": "x"}\n[1]\n')
+    with pytest.raises(DataError, match="list.jsonl:2: not a JSON object"):
+        manifest.load(tmp_path / "list.jsonl")
+
+
+def test_protocols_on_a_manifest(tmp_path):
+    rows = corpus(tmp_path)
+    for i, row in enumerate(rows):
+        row["split"] = ("train", "train", "val", "test")[i % 4]
+    manifest.write(rows, tmp_path / "list.csv")
+    ds = manifest.load(tmp_path / "list.csv")
+
+    loso = make_folds(ds, "loso")
+    assert [f.test_speakers for f in loso] == [("s1",), ("s2",), ("s3",), ("s4",)]
+
+    # g0 = s2, s4; g1 = s1, s3: two groups cannot hold out a validation group...
+    with pytest.raises(UsageError, match="needs 2 groups outside every test fold"):
+        make_folds(ds, "group")
+    group = make_folds(ds, "group", validation="test")
+    assert [f.test_speakers for f in group] == [("s2", "s4"), ("s1", "s3")]
+
+    (split,) = make_folds(ds, "split")
+    by_uid = ds.by_uid()
+    for name in ("train", "val", "test"):
+        assert {by_uid[u].split for u in split.split(name)} == {name}
+    with pytest.raises(UsageError, match="gives 1 fold"):
+        make_folds(ds, "split", num_folds=3)
+
+    with pytest.raises(
+        UsageError, match=r"needs every class to have >= 9 utterances \(smallest: ang has 8\)"
+    ):
+        make_folds(ds, "stratified", num_folds=9)
+
+
+def test_split_without_val_rows_holds_out_from_train(tmp_path):
+    rows = corpus(tmp_path, n=4)
+    for i, row in enumerate(rows):
+        row["split"] = "test" if i % 4 == 0 else "train"
+    manifest.write(rows, tmp_path / "list.csv")
+    (fold,) = make_folds(manifest.load(tmp_path / "list.csv"), "split")
+    assert len(fold.test) == 12 and len(fold.val) == 4 and len(fold.train) == 32
+    assert (
+        sum(fold.class_counts["val"].values()) == 4 and min(fold.class_counts["val"].values()) >= 1
+    )
+    assert not set(fold.val) & set(fold.train)
+
+
+def test_protocols_refuse_missing_fields(tmp_path):
+    rows = corpus(tmp_path, n=3)
+    for row in rows:
+        row.pop("speaker"), row.pop("session")
+    manifest.write(rows, tmp_path / "list.csv")
+    ds = manifest.load(tmp_path / "list.csv")
+    for protocol, what in [("loso", "a speaker"), ("group", "a session"), ("split", "a split")]:
+        with pytest.raises(DataError, match=f"protocol '{protocol}' needs {what}"):
+            make_folds(ds, protocol)
+    assert len(make_folds(ds, "stratified", num_folds=3)) == 3
+
+
+@pytest.fixture(scope="module")
+def emodb_pair(tmp_path_factory):
+    if not EMODB.is_dir():
+        pytest.skip("the EMODB test copy is not present")
+    direct = emodb.load(EMODB)
+    path = tmp_path_factory.mktemp("m") / "emodb.csv"
+    manifest.write(manifest.dataset_rows(direct, path.parent), path)
+    return direct, manifest.load(path, labels=",".join(emodb.LABELS))
+
+
+def test_emodb_as_manifest_gives_the_same_folds(emodb_pair):
+    direct, listed = emodb_pair
+    assert listed.labels == direct.labels
+    assert [
+        (u.uid, u.path.resolve(), u.speaker, u.label, u.duration) for u in listed.utterances
+    ] == [(u.uid, u.path.resolve(), u.speaker, u.label, u.duration) for u in direct.utterances]
+    for protocol in ("loso", "stratified"):
+        a, b = make_folds(direct, protocol, seed=3), make_folds(listed, protocol, seed=3)
+        assert [(f.train, f.val, f.test, f.class_counts) for f in a] == [
+            (f.train, f.val, f.test, f.class_counts) for f in b
+        ]
+
+
+def test_emodb_as_manifest_reuses_the_same_cache_entries(emodb_pair, tmp_path):
+    direct, listed = emodb_pair
+    cfg = FeatureConfig(segment_seconds=1.0)
+    few = lambda ds: type(ds)(ds.name, ds.labels, ds.utterances[::180])  # noqa: E731
+    cache = FeatureCache(tmp_path / "cache")
+    first = FeatureStore(cache, cfg, workers=1).prepare(few(direct))
+    files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "cache").rglob("*.npz"))
+    cache.reset_stats()
+    store = FeatureStore(cache, cfg, workers=1)
+    second = store.prepare(few(listed))
+    assert cache.stats.writes == 0 and cache.stats.hits == 2 * len(second) == 6
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "cache").rglob("*.npz")) == files
+    for uid, entry in second.items():
+        a = store.load(first[uid], ["acoustic"])
+        b = store.load(entry, ["acoustic"])
+        assert all(np.array_equal(a[k], b[k]) for k in ("mfcc", "spec"))
+
+
+def test_jsonl_numbers_become_strings(tmp_path):
+    write_wav(tmp_path / "a.wav")
+    write_wav(tmp_path / "b.wav")
+    lines = [
+        {"path": "a.wav", "emotion": "x", "speaker": 7},
+        {"path": "b.wav", "emotion": "y", "speaker": 8},
+    ]
+    (tmp_path / "l.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
+    assert manifest.load(tmp_path / "l.jsonl").speakers == ("7", "8")
