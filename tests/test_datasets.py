@@ -300,7 +300,7 @@ def test_iemocap_repeated_utterance(tmp_path):
 
 
 def test_load_dataset_names_and_unknown():
-    assert DATASETS == ("iemocap", "emodb", "emovo", "synthetic", "manifest")
+    assert DATASETS == ("iemocap", "emodb", "emovo", "synthetic", "ravdess", "cremad", "manifest")
     with pytest.raises(UsageError, match="unknown dataset 'timit'"):
         load_dataset("timit", Path("."))
 

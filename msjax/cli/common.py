@@ -22,7 +22,7 @@ from msjax.errors import MsjaxError, UsageError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "configs"
-DATASETS = ("synthetic", "emodb", "emovo", "iemocap", "manifest")
+DATASETS = ("synthetic", "emodb", "emovo", "iemocap", "ravdess", "cremad", "manifest")
 FLAGS = flags.FLAGS
 
 

@@ -7,6 +7,8 @@ names in a fixed order per corpus (the class ids):
     emodb:     anger, boredom, disgust, fear, happiness, sadness, neutral
     emovo:     anger, disgust, fear, happiness, sadness, neutral, surprise
     synthetic: as emodb (an EMODB-layout corpus made by `synthetic.generate_corpus`)
+    ravdess:   neutral, calm, happiness, sadness, anger, fear, disgust, surprise
+    cremad:    anger, disgust, fear, happiness, sadness, neutral
     manifest:  the data's own labels, sorted, or the config's `labels` (see `manifest`)
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from msjax.data import emodb, emovo, iemocap, manifest, synthetic
+from msjax.data import cremad, emodb, emovo, iemocap, manifest, ravdess, synthetic
 from msjax.data.records import Dataset, Utterance, label_index
 from msjax.errors import UsageError
 
@@ -24,6 +26,8 @@ _LOADERS: dict[str, Callable[..., Dataset]] = {
     "emodb": emodb.load,
     "emovo": emovo.load,
     "synthetic": synthetic.load,
+    "ravdess": ravdess.load,
+    "cremad": cremad.load,
     "manifest": manifest.load,
 }
 DATASETS: tuple[str, ...] = tuple(_LOADERS)
@@ -33,6 +37,8 @@ LABELS: dict[str, tuple[str, ...]] = {
     "emodb": emodb.LABELS,
     "emovo": emovo.LABELS,
     "synthetic": synthetic.LABELS,
+    "ravdess": ravdess.LABELS,
+    "cremad": cremad.LABELS,
 }
 
 

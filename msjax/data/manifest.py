@@ -125,7 +125,7 @@ def _jsonl_rows(path: Path, lines: Iterable[str]) -> tuple[list[tuple[int, Row]]
 
 def build_dataset(
     name: str,
-    rows: Sequence[tuple[int, Row]],
+    rows: Sequence[tuple[int | None, Row]],
     base: Path,
     source: str,
     labels: str | Sequence[str] | None = None,
@@ -135,7 +135,8 @@ def build_dataset(
 
     Args:
         name: The dataset's name.
-        rows: (line number, row) pairs as `read_rows` returns them.
+        rows: (line number, row) pairs as `read_rows` returns them; a corpus module's rows
+            carry None (its messages name the file alone).
         base: Folder that relative paths start from.
         source: Names the rows' origin in messages (the manifest file or corpus root).
         labels: The class order ("a,b,c" or a sequence); None: the data's labels, sorted.
@@ -151,7 +152,7 @@ def build_dataset(
     kept: list[tuple[Path, Row, str, str]] = []
     seen: dict[Path, int] = {}
     for number, row in rows:
-        where = f"{source}:{number}"
+        where = source if number is None else f"{source}:{number}"
         raw, rel = row.get("emotion", ""), row.get("path", "")
         label = mapping.get(raw, raw)
         if raw in mapping and not label:
