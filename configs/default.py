@@ -92,6 +92,9 @@ def get_config() -> ml_collections.ConfigDict:
             eval_batch_size=64,
             num_epochs=150,
             patience=20,
+            # "" (the paper's plain cross-entropy) or "balanced": each class weighted
+            # by its inverse frequency in the training fold, for imbalanced corpora.
+            class_weights="",
         )
     )
     # "float32" or "bfloat16" (mixed precision: bf16 compute, f32 master weights).

@@ -46,6 +46,7 @@ VALIDATIONS: tuple[str, ...] = ("heldout", "test")
 DEFAULT_STRATIFIED_FOLDS = 10
 HELDOUT_FRACTION = 0.1
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+CLASS_WEIGHTS: tuple[str, ...] = ("", "balanced")
 
 
 @dataclass(frozen=True)
@@ -324,6 +325,27 @@ def _make_fold(
         validation=validation,
         class_counts={name: dataset.class_counts(utts) for name, utts in members.items()},
     )
+
+
+def class_weights(fold: Fold, mode: str) -> np.ndarray | None:
+    """Loss weights per class [C] for `mode`: None for "" (unweighted, the paper's);
+    "balanced": n / (k * n_c) over the training split's n utterances of k present
+    classes (inverse frequency, mean 1 per utterance), 0 for a class it lacks.
+
+    Raises:
+        UsageError: an unknown mode.
+    """
+    if mode not in CLASS_WEIGHTS:
+        raise UsageError(
+            f"--config.optim.class_weights={mode!r}: choose balanced or leave it empty"
+        )
+    if not mode:
+        return None
+    counts = np.asarray(list(fold.class_counts["train"].values()), dtype=np.float64)
+    present = counts > 0
+    weights = np.zeros_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights.astype(np.float32)
 
 
 def check_fold(fold: Fold, dataset: Dataset) -> None:

@@ -27,7 +27,7 @@ from msjax import metrics as M
 from msjax import report
 from msjax.cache import FeatureCache
 from msjax.data import load_dataset, loader_options
-from msjax.data.folds import Fold, make_folds, summarize_folds, write_folds_json
+from msjax.data.folds import Fold, class_weights, make_folds, summarize_folds, write_folds_json
 from msjax.data.records import Dataset
 from msjax.data.synthetic import generate_corpus
 from msjax.encoders import load_encoder
@@ -57,9 +57,15 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Data
     folds = make_folds(
         dataset, config.protocol, config.num_folds or None, config.seed, config.validation
     )
+    class_weights(folds[0], _class_weights(config))  # an unknown mode fails before any work
     if config.fold >= len(folds):
         raise UsageError(f"--fold={config.fold}: {dataset.name} has folds 0..{len(folds) - 1}")
     return dataset, folds
+
+
+def _class_weights(config: ml_collections.ConfigDict) -> str:
+    # Configs saved before the field existed train unweighted.
+    return config.optim.get("class_weights", "")
 
 
 def dry_run(config: ml_collections.ConfigDict, workdir: Path) -> str:
@@ -158,7 +164,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             continue
         params = setup.init_params(config, model, feature_cfg, encoder, fold.index)
         metadata = setup.checkpoint_metadata(config, dataset, feature_cfg, encoder, fold)
-        result = run_fold(runner, fold_dir, fold, entries, params, tx, metadata, labels)
+        weights = class_weights(fold, _class_weights(config))
+        result = run_fold(runner, fold_dir, fold, entries, params, tx, metadata, labels, weights)
         log.info(
             "fold %d (test %s): WA %.4f UA %.4f F1 %.4f, best epoch %d",
             fold.index, ",".join(fold.test_speakers) or "-", result["wa"], result["ua"],
@@ -184,13 +191,15 @@ def run_fold(
     tx: optax.GradientTransformation,
     metadata: dict,
     labels: tuple[str, ...],
+    weights: np.ndarray | None = None,
 ) -> dict:
-    """Trains and tests one fold; writes and returns its result.json content."""
+    """Trains and tests one fold (loss weighted per class by `weights` [C] if given);
+    writes and returns its result.json content."""
     fold_dir.mkdir(parents=True, exist_ok=True)
     splits = {name: [entries[u] for u in fold.split(name)] for name in ("train", "val", "test")}
     specs = (s for e in splits["train"] for s in runner.store.load(e, ["acoustic"])["spec"])
     norm = fit_minmax(specs)
-    state = create_state(params, tx, {"lo": norm.lo, "hi": norm.hi})
+    state = create_state(params, tx, {"lo": norm.lo, "hi": norm.hi}, class_weights=weights)
     out = runner.run(fold_dir, fold.index, state, splits, metadata)
     test, loop = out["test"], out["loop"]
     _write_predictions(fold_dir / "predictions.csv", test, labels)

@@ -6,6 +6,8 @@ The train state is a plain dict (what orbax saves and restores as it is):
   opt_state optax state
   norm      {"lo": [200], "hi": [200]}: per-bin spectrogram min-max fitted on
             the training fold; constant, carried so checkpoints can predict alone
+  class_weights  [C], only with --config.optim.class_weights=balanced: the loss
+            weight of each class, from the training fold's counts
 
 Steps return sums and counts, never means: the host divides.
 """
@@ -60,6 +62,13 @@ def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) 
     return jnp.sum(losses * mask)
 
 
+def row_weights(
+    labels: jax.Array, mask: jax.Array, class_weights: jax.Array | None = None
+) -> jax.Array:
+    """Each row's weight in the loss: its mask, times its class's weight when given. [B]"""
+    return mask if class_weights is None else mask * class_weights[labels]
+
+
 def make_steps(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -93,8 +102,11 @@ def make_steps(
 
         def loss_fn(params):
             logits = forward(params, batch, state["norm"], train=True, rng=step_rng)
-            count = jnp.maximum(jnp.sum(batch["mask"]), 1.0)
-            loss_sum = masked_cross_entropy(logits, batch["label"], batch["mask"])
+            # Weighted mean, as torch's cross_entropy(weight=...) takes it.
+            weights = row_weights(batch["label"], batch["mask"], state.get("class_weights"))
+            total = jnp.sum(weights)
+            count = jnp.where(total > 0, total, 1.0)
+            loss_sum = masked_cross_entropy(logits, batch["label"], weights)
             return loss_sum / count, (loss_sum, logits)
 
         grads, (loss_sum, logits) = jax.grad(loss_fn, has_aux=True)(state["params"])
@@ -126,9 +138,16 @@ def make_mesh() -> Mesh:
 
 
 def create_state(
-    params: Any, tx: optax.GradientTransformation, norm: dict, mesh: Mesh | None = None
+    params: Any,
+    tx: optax.GradientTransformation,
+    norm: dict,
+    mesh: Mesh | None = None,
+    class_weights: Any = None,
 ) -> State:
     """A fresh train state at step 0, replicated over `mesh` (all local devices by default).
+
+    `class_weights` [C], when given, weights each row's loss by its class (stored in the
+    state as "class_weights", so the steps compile once for every fold).
 
     Placing it as the steps' outputs are placed means the first step and every later
     one hit the same compiled executable.
@@ -139,5 +158,7 @@ def create_state(
         "opt_state": tx.init(params),
         "norm": {"lo": jnp.asarray(norm["lo"]), "hi": jnp.asarray(norm["hi"])},
     }
+    if class_weights is not None:
+        state["class_weights"] = jnp.asarray(class_weights, jnp.float32)
     mesh = make_mesh() if mesh is None else mesh
     return jax.device_put(state, NamedSharding(mesh, PartitionSpec()))
