@@ -79,8 +79,11 @@ def get_config() -> ml_collections.ConfigDict:
             # Classifier starts at zero instead of torch's random init: keeps X_enh's
             # ReLU from dying early in training (see MSEmoBoost.zero_init_classifier).
             zero_init_classifier=True,
-            alexnet_weights="",  # msjax params file from bin/port_alexnet
-            random_alexnet=False,  # allow random AlexNet init (tests, smoke runs)
+            # "imagenet": torchvision's ImageNet AlexNet, downloaded and cached on first
+            # use (msjax.convert.download); or an msjax params file from bin/port_alexnet.
+            alexnet_weights="imagenet",
+            # Random AlexNet init (tests, smoke runs); a params file above still wins.
+            random_alexnet=False,
         )
     )
 

@@ -1,7 +1,8 @@
 """Port torchvision's AlexNet ImageNet weights to msjax AlexNetFeatures parameters.
 
 The weights come from torchvision's download URL for `alexnet(weights="IMAGENET1K_V1")`,
-https://download.pytorch.org/models/alexnet-owt-7be5be79.pth . Port them once with
+https://download.pytorch.org/models/alexnet-owt-7be5be79.pth . Training downloads and
+ports them on first use (`msjax.convert.download`, no torch needed); by hand, with torch:
 
     bin/port_alexnet --pth=alexnet-owt-7be5be79.pth --out=alexnet_imagenet.npz
 
@@ -142,9 +143,13 @@ def save_params(params: Mapping, out: Path) -> None:
         for path, leaf in jax.tree_util.tree_leaves_with_path(params)
     }
     tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **flat)
-    tmp.replace(out)
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **flat)
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
+        raise
 
 
 def load_alexnet_params(path: Path) -> dict:

@@ -26,6 +26,7 @@ import optax
 from msjax import metrics as M
 from msjax import report
 from msjax.cache import FeatureCache
+from msjax.convert.download import alexnet_weights_file
 from msjax.data import load_dataset, loader_options
 from msjax.data.folds import Fold, class_weights, make_folds, summarize_folds, write_folds_json
 from msjax.data.records import Dataset
@@ -111,6 +112,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     dataset, folds = prepare_data(config, workdir)
     labels = dataset.labels
     write_folds_json(folds, workdir / "folds.json")
+    if config.model.use_spectrogram and not config.model.baseline:
+        # Download ImageNet AlexNet (or fail offline) before any feature work.
+        alexnet_weights_file(config.model.alexnet_weights, config.model.random_alexnet)
 
     feature_cfg = FeatureConfig(**config.features)
     encoder = load_encoder(

@@ -16,12 +16,12 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 import msjax
+from msjax.convert.download import alexnet_weights_file
 from msjax.convert.hf import normalize_waveform
 from msjax.convert.torchvision import alexnet_params
 from msjax.data.folds import Fold
 from msjax.data.records import Dataset
 from msjax.encoders import Encoder
-from msjax.errors import CheckpointError
 from msjax.features import FeatureConfig
 from msjax.models.emoboost import MSEmoBoost, dummy_batch, from_configs, replace_alexnet
 
@@ -64,19 +64,15 @@ def init_params(
     encoder: Encoder,
     fold: int,
 ) -> dict:
-    """Fresh head params (seeded by seed and fold), ported AlexNet, pretrained encoder."""
+    """Fresh head params (seeded by seed and fold), ported AlexNet (downloaded on first use
+    for "imagenet"), pretrained encoder."""
     rng = jax.random.fold_in(jax.random.key(config.seed), fold)
     batch = dummy_batch(model, feature_cfg, 1, tuple(config.image_size))
     params = dict(_jitted_init(model)(rng, batch)["params"])
     if "alexnet" in params:
-        if config.model.alexnet_weights:
-            params = replace_alexnet(params, alexnet_params(Path(config.model.alexnet_weights)))
-        elif not config.model.random_alexnet:
-            raise CheckpointError(
-                "--config.model.alexnet_weights is empty: port torchvision's ImageNet AlexNet "
-                "once with bin/port_alexnet and pass the file, or set "
-                "--config.model.random_alexnet=true to train it from scratch"
-            )
+        weights = alexnet_weights_file(config.model.alexnet_weights, config.model.random_alexnet)
+        if weights is not None:
+            params = replace_alexnet(params, alexnet_params(weights))
     if model.encoder is not None:
         params["encoder"] = encoder.params
     return params
