@@ -123,7 +123,7 @@ def test_stratified_small_corpus_validates_every_class():
     folds = make_folds(fake_dataset(["01"], EMODB_LABELS, per_class=4), "stratified", 2, seed=0)
     for fold in folds:
         assert all(n == 1 for n in fold.class_counts["val"].values())
-    with pytest.raises(UsageError, match="class with one utterance"):
+    with pytest.raises(DataError, match="class with one utterance"):
         make_folds(fake_dataset(["01"], EMODB_LABELS, per_class=2), "stratified", 2, seed=0)
 
 
@@ -149,12 +149,17 @@ def test_validation_on_test_fold(emodb_like):
         (dict(protocol="loso", validation="train"), "unknown validation 'train'"),
         (dict(protocol="loso", num_folds=5), "gives 10 folds \\(one per speaker\\), not 5"),
         (dict(protocol="session"), "needs a corpus with sessions"),
-        (dict(protocol="stratified", num_folds=40), "needs every class to have >= 40"),
+        (dict(protocol="stratified", num_folds=1), "needs k >= 2 folds, not 1"),
     ],
 )
 def test_bad_fold_requests(emodb_like, kwargs, match):
     with pytest.raises(UsageError, match=match):
         make_folds(emodb_like, **kwargs)
+
+
+def test_classes_too_small_for_the_folds_are_data_errors(emodb_like):
+    with pytest.raises(DataError, match=r"needs every class to have >= 40 .*\(smallest: anger has"):
+        make_folds(emodb_like, "stratified", num_folds=40)
 
 
 def test_check_fold_catches_leaks(emodb_like):

@@ -168,7 +168,7 @@ def test_protocols_on_a_manifest(tmp_path):
         make_folds(ds, "split", num_folds=3)
 
     with pytest.raises(
-        UsageError, match=r"needs every class to have >= 9 utterances \(smallest: ang has 8\)"
+        DataError, match=r"needs every class to have >= 9 utterances \(smallest: ang has 8\)"
     ):
         make_folds(ds, "stratified", num_folds=9)
 

@@ -109,7 +109,8 @@ def make_folds(
     Raises:
         UsageError: unknown protocol/validation, or an impossible fold count.
         DataError: utterances without the speaker, group or split the protocol needs; a
-            fold that fails the disjointness check (a bug, never expected).
+            class too small for the folds asked; a fold that fails the disjointness check
+            (a bug, never expected).
     """
     if protocol not in PROTOCOLS:
         raise UsageError(
@@ -236,9 +237,11 @@ def _stratified_splits(
     counts = np.bincount(y, minlength=len(dataset.labels))
     present = [i for i, n in enumerate(counts) if n > 0]
     smallest = min(present, key=lambda i: counts[i]) if present else None
-    if k < 2 or smallest is None or counts[smallest] < k:
+    if k < 2:
+        raise UsageError(f"stratified k-fold needs k >= 2 folds, not {k}")
+    if smallest is None or counts[smallest] < k:
         have = f"{dataset.labels[smallest]} has {counts[smallest]}" if present else "it is empty"
-        raise UsageError(
+        raise DataError(
             f"stratified {k}-fold on {dataset.name} needs every class to have >= {k} utterances "
             f"(smallest: {have})"
         )
@@ -261,7 +264,7 @@ def _heldout(
     present = np.bincount(y[train_idx])
     present = present[present > 0]
     if present.min() < 2:
-        raise UsageError(
+        raise DataError(
             f"{where} training side has a class with one utterance, too few to hold out a "
             "validation set"
         )
