@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from msjax.data import manifest
-from msjax.data.layout import check_counts, layout_error, require_dirs, visible_files
+from msjax.data.layout import layout_error, require_dirs, visible_files
 from msjax.data.records import Dataset
 from msjax.errors import LabelError
 
@@ -96,14 +96,7 @@ def load(root: Path, *, allow_count_mismatch: bool = False) -> Dataset:
         LayoutError, LabelError: see `rows`. DataError: unreadable audio (every file
             listed), or counts differ and `allow_count_mismatch` is False.
     """
-    root = Path(root)
-    dataset = manifest.build_dataset("cremad", rows(root), root, str(root), LABELS)
-    check_counts(
-        dataset,
-        root,
-        EXPECTED_TOTAL,
-        EXPECTED_CLASSES,
-        EXPECTED_SPEAKERS,
-        allow_count_mismatch=allow_count_mismatch,
+    counts = (EXPECTED_TOTAL, EXPECTED_CLASSES, EXPECTED_SPEAKERS)
+    return manifest.load_corpus(
+        "cremad", root, rows(root), LABELS, counts, allow_count_mismatch=allow_count_mismatch
     )
-    return dataset

@@ -33,7 +33,7 @@ import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from msjax.data.layout import audio_duration
+from msjax.data.layout import audio_duration, check_counts
 from msjax.data.records import Dataset, Utterance, sort_key
 from msjax.errors import AudioError, DataError
 
@@ -201,6 +201,34 @@ def build_dataset(
         raise DataError(f"{source}: no utterances (after the label map)")
     found = {u.label for u in utterances}
     return Dataset(name, order or tuple(sorted(found)), tuple(sorted(utterances, key=sort_key)))
+
+
+def load_corpus(
+    name: str,
+    root: Path,
+    rows: Sequence[tuple[int | None, Row]],
+    labels: Sequence[str],
+    counts: tuple[int, Mapping[str, int], int],
+    *,
+    allow_count_mismatch: bool = False,
+) -> Dataset:
+    """A corpus module's rows as a Dataset, checked against its published counts.
+
+    Args:
+        name, labels: The corpus' name and fixed class order.
+        root: The corpus directory; row paths are relative to it.
+        rows: From the corpus module.
+        counts: Published (utterances, utterances per class, speakers).
+        allow_count_mismatch: Only warn when the counts differ.
+
+    Raises:
+        DataError: unreadable audio (every file listed), or the counts differ and
+            `allow_count_mismatch` is False.
+    """
+    root = Path(root)
+    dataset = build_dataset(name, rows, root, str(root), labels)
+    check_counts(dataset, root, *counts, allow_count_mismatch=allow_count_mismatch)
+    return dataset
 
 
 def _uids(paths: Sequence[Path], base: Path) -> list[str]:

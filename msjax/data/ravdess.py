@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from msjax.data import manifest
-from msjax.data.layout import check_counts, layout_error, visible_files
+from msjax.data.layout import layout_error, visible_files
 from msjax.data.records import Dataset
 from msjax.errors import LabelError
 
@@ -113,14 +113,7 @@ def load(root: Path, *, allow_count_mismatch: bool = False) -> Dataset:
         LayoutError, LabelError: see `rows`. DataError: unreadable audio (every file
             listed), or counts differ and `allow_count_mismatch` is False.
     """
-    root = Path(root)
-    dataset = manifest.build_dataset("ravdess", rows(root), root, str(root), LABELS)
-    check_counts(
-        dataset,
-        root,
-        EXPECTED_TOTAL,
-        EXPECTED_CLASSES,
-        EXPECTED_SPEAKERS,
-        allow_count_mismatch=allow_count_mismatch,
+    counts = (EXPECTED_TOTAL, EXPECTED_CLASSES, EXPECTED_SPEAKERS)
+    return manifest.load_corpus(
+        "ravdess", root, rows(root), LABELS, counts, allow_count_mismatch=allow_count_mismatch
     )
-    return dataset
