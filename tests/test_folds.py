@@ -149,7 +149,7 @@ def test_validation_on_test_fold(emodb_like):
         (dict(protocol="loso", validation="train"), "unknown validation 'train'"),
         (dict(protocol="loso", num_folds=5), "gives 10 folds \\(one per speaker\\), not 5"),
         (dict(protocol="session"), "needs a corpus with sessions"),
-        (dict(protocol="stratified", num_folds=1), "needs k >= 2 folds, not 1"),
+        (dict(protocol="stratified", num_folds=1), "stratified 1-fold on fake: needs at least 2"),
     ],
 )
 def test_bad_fold_requests(emodb_like, kwargs, match):

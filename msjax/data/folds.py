@@ -238,7 +238,7 @@ def _stratified_splits(
     present = [i for i, n in enumerate(counts) if n > 0]
     smallest = min(present, key=lambda i: counts[i]) if present else None
     if k < 2:
-        raise UsageError(f"stratified k-fold needs k >= 2 folds, not {k}")
+        raise UsageError(f"stratified {k}-fold on {dataset.name}: needs at least 2 folds")
     if smallest is None or counts[smallest] < k:
         have = f"{dataset.labels[smallest]} has {counts[smallest]}" if present else "it is empty"
         raise DataError(
