@@ -92,7 +92,7 @@ def test_labels_order_and_label_map(tmp_path):
     )
     assert ds.labels == ("neu", "ang", "hap")
     assert ds.class_counts() == {"neu": 4, "ang": 4, "hap": 4}  # oth dropped, exc merged
-    with pytest.raises(DataError, match="label_map entry 'exc'"):
+    with pytest.raises(UsageError, match="--config.label_map entry 'exc'"):
         manifest.load(tmp_path / "list.csv", label_map="exc")
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from msjax.data.layout import audio_duration, check_counts
 from msjax.data.records import Dataset, Utterance, sort_key
-from msjax.errors import AudioError, DataError
+from msjax.errors import AudioError, DataError, UsageError
 
 COLUMNS: tuple[str, ...] = ("path", "emotion", "speaker", "session", "split")
 REQUIRED: tuple[str, ...] = ("path", "emotion")
@@ -57,7 +57,7 @@ def parse_label_map(label_map: str | Mapping[str, str] | None) -> dict[str, str]
     """{raw: label} from "exc:hap,oth:" or a mapping; an empty target drops the class.
 
     Raises:
-        DataError: an entry without a colon.
+        UsageError: an entry without a colon.
     """
     if not label_map:
         return {}
@@ -66,7 +66,9 @@ def parse_label_map(label_map: str | Mapping[str, str] | None) -> dict[str, str]
     pairs = {}
     for entry in filter(None, (e.strip() for e in label_map.split(","))):
         if ":" not in entry:
-            raise DataError(f"label_map entry {entry!r}: expected raw:label (or raw: to drop)")
+            raise UsageError(
+                f"--config.label_map entry {entry!r}: expected raw:label (or raw: to drop)"
+            )
         raw, label = entry.split(":", 1)
         pairs[raw.strip()] = label.strip()
     return pairs
