@@ -2,6 +2,9 @@
 EMODB written as a manifest giving exactly what the EMODB loader gives."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -248,3 +251,32 @@ def test_jsonl_numbers_become_strings(tmp_path):
     ]
     (tmp_path / "l.jsonl").write_text("\n".join(json.dumps(x) for x in lines))
     assert manifest.load(tmp_path / "l.jsonl").speakers == ("7", "8")
+
+
+def test_bin_train_reads_label_options_from_the_config(tmp_path):
+    rows = corpus(tmp_path, labels=("neu", "ang", "exc", "oth"), n=2)
+    manifest.write(rows, tmp_path / "list.csv")
+    command = [
+        sys.executable,
+        str(Path(__file__).resolve().parents[1] / "bin" / "train"),
+        "--dataset=manifest",
+        f"--data_dir={tmp_path / 'list.csv'}",
+        f"--workdir={tmp_path / 'w'}",
+        "--config.labels=neu,ang,hap",
+        "--config.label_map=exc:hap,oth:",
+        "--dry_run",
+    ]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("manifest: 24 utterances, 4 speakers, protocol loso")
+    assert "  neu   ang   hap  speakers" in done.stdout
+    bad = subprocess.run(
+        command[:-3] + ["--config.labels=neu,ang"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert bad.returncode == 3
+    assert "label 'exc' is not one of neu, ang" in bad.stderr
