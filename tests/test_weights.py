@@ -45,7 +45,8 @@ def assert_same(ours, ref, where="root"):
         assert ours == ref, where
 
 
-def test_reader_gives_exactly_torch_load_tensors(tmp_path):
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_reader_gives_exactly_torch_load_tensors(tmp_path, zip_format):
     torch.manual_seed(0)
     base = torch.randn(4, 6)
     shared = torch.arange(10.0)
@@ -67,7 +68,7 @@ def test_reader_gives_exactly_torch_load_tensors(tmp_path):
         nested={"list": [torch.ones(2), 3, "x", (1.5, None)]},
     )
     path = tmp_path / "state.pth"
-    torch.save(state, path)
+    torch.save(state, path, _use_new_zipfile_serialization=zip_format)
     assert_same(read_pth(path), torch.load(path, weights_only=True))
 
 
@@ -79,28 +80,41 @@ class _Payload:
         return (open, (str(self.target), "w"))
 
 
-def test_reader_refuses_a_pickle_with_a_disallowed_global(tmp_path):
+def _legacy_stream(obj) -> bytes:
+    """`obj` pickled as torch's legacy .pth stream with no storages."""
+    header = (0x1950A86A20F9469CFC6C, 1001, {"little_endian": True})
+    return b"".join(pickle.dumps(x, protocol=2) for x in (*header, obj, []))
+
+
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_reader_refuses_a_pickle_with_a_disallowed_global(tmp_path, zip_format):
     target = tmp_path / "written-by-the-pickle"
     path = tmp_path / "evil.pth"
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("evil/data.pkl", pickle.dumps({"w": _Payload(target)}, protocol=2))
+    if zip_format:
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("evil/data.pkl", pickle.dumps({"w": _Payload(target)}, protocol=2))
+    else:
+        path.write_bytes(_legacy_stream({"w": _Payload(target)}))
     with pytest.raises(CheckpointError, match=r"refused to unpickle io.open \(only tensors") as err:
         read_pth(path)
     assert "\n" not in str(err.value)
     assert not target.exists()
 
 
-def test_reader_names_damaged_and_legacy_files(tmp_path):
-    legacy = tmp_path / "legacy.pth"
-    torch.save({"a": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
-    with pytest.raises(CheckpointError, match="not a zip-format .pth"):
-        read_pth(legacy)
+@pytest.mark.parametrize("zip_format", [True, False], ids=["zip", "legacy"])
+def test_reader_names_damaged_files(tmp_path, zip_format):
     good = tmp_path / "good.pth"
-    torch.save({"a": torch.ones(2)}, good)
-    cut = tmp_path / "cut.pth"
-    cut.write_bytes(good.read_bytes()[:200])
-    with pytest.raises(CheckpointError, match="cut.pth"):
-        read_pth(cut)
+    torch.save({"a": torch.ones(64)}, good, _use_new_zipfile_serialization=zip_format)
+    data = good.read_bytes()
+    for name, damaged in (("cut.pth", data[:200]), ("short.pth", data[:-8])):
+        (tmp_path / name).write_bytes(damaged)
+        with pytest.raises(CheckpointError, match=f"{name}: damaged .pth") as err:
+            read_pth(tmp_path / name)
+        assert "\n" not in str(err.value)
+    other = tmp_path / "other.pth"
+    other.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError, match="other.pth: not a PyTorch .pth"):
+        read_pth(other)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,10 @@
 """Reads the tensors of a PyTorch .pth file without PyTorch.
 
 `torch.save` writes a zip archive: `<name>/data.pkl` pickles the object, and each tensor's
-storage is a raw little-endian file `<name>/data/<key>`. The pickle is read by a
+storage is a raw little-endian file `<name>/data/<key>`. Files saved before torch 1.6 (the
+legacy format, as many published weights are) are one stream instead: pickles of a magic
+number, the format version and system info, then the object, then its storage keys in
+order, then each storage as an int64 element count and its raw bytes. The pickle is read by a
 restricted unpickler that knows only the globals a state dict needs: the tensor rebuild
 functions, the typed storage classes and `collections.OrderedDict`. Anything else (a
 module, a function, an arbitrary class) is refused before it could run, so an untrusted
@@ -13,7 +16,9 @@ from __future__ import annotations
 
 import collections
 import pickle
+import struct
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -66,15 +71,22 @@ def _rebuild_parameter(data, requires_grad=False, hooks=None, *_):
 
 _ALLOWED: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
+    ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,  # torch < 0.4
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
 } | {("torch", name): _Storage(name) for name in STORAGE_DTYPES}
 
 
+# `torch.save`'s legacy stream starts with this pickled number.
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+
+
 class _Unpickler(pickle.Unpickler):
-    def __init__(self, file, archive: zipfile.ZipFile, prefix: str, path: Path):
+    """Unpickles only `_ALLOWED` globals; storages come from `read_storage(key, dtype)`."""
+
+    def __init__(self, file, read_storage: Callable[[str, np.dtype], np.ndarray], path: Path):
         super().__init__(file)
-        self.archive, self.prefix, self.path = archive, prefix, path
+        self.read_storage, self.path = read_storage, path
         self.storages: dict[str, np.ndarray] = {}
 
     def find_class(self, module: str, name: str) -> Any:
@@ -92,36 +104,87 @@ class _Unpickler(pickle.Unpickler):
         if not isinstance(storage_type, _Storage):
             raise CheckpointError(f"{self.path}: storage {key} has no known dtype")
         if key not in self.storages:
-            raw = self.archive.read(f"{self.prefix}data/{key}")
-            self.storages[key] = np.frombuffer(raw, dtype=storage_type.dtype)
+            self.storages[key] = self.read_storage(key, storage_type.dtype)
         return self.storages[key]
 
 
+class _StorageScan(_Unpickler):
+    """Reads the object without building tensors: only the storage records are wanted."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = super().find_class(module, name)
+        return (lambda *args: None) if module == "torch._utils" else found
+
+
+def _read_zip(path: Path, archive: zipfile.ZipFile) -> Any:
+    pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+    if len(pickles) != 1:
+        raise CheckpointError(f"{path}: not a PyTorch zip archive (no data.pkl)")
+    prefix = pickles[0][: -len("data.pkl")]
+    if f"{prefix}byteorder" in archive.namelist():
+        if archive.read(f"{prefix}byteorder").strip() != b"little":
+            raise CheckpointError(f"{path}: big-endian tensors are not supported")
+
+    def read_storage(key: str, dtype: np.dtype) -> np.ndarray:
+        return np.frombuffer(archive.read(f"{prefix}data/{key}"), dtype=dtype)
+
+    with archive.open(pickles[0]) as f:
+        return _Unpickler(f, read_storage, path).load()
+
+
+def _read_legacy(path: Path) -> Any:
+    """The legacy stream: the storages follow the object, so the object is read twice,
+    first only to learn each storage's dtype, then with the storages loaded."""
+    with open(path, "rb") as f:
+        if pickle.load(f) != _LEGACY_MAGIC:
+            raise CheckpointError(f"{path}: not a PyTorch .pth (neither zip nor legacy format)")
+        pickle.load(f)  # format version
+        info = pickle.load(f)
+        if not (isinstance(info, dict) and info.get("little_endian", True)):
+            raise CheckpointError(f"{path}: big-endian tensors are not supported")
+        start = f.tell()
+        dtypes: dict[str, np.dtype] = {}
+
+        def note_dtype(key: str, dtype: np.dtype) -> np.ndarray:
+            dtypes[key] = dtype
+            return np.zeros(0, dtype)
+
+        _StorageScan(f, note_dtype, path).load()
+        storages = {}
+        for key in pickle.load(f):
+            if key not in dtypes:
+                raise CheckpointError(f"{path}: storage {key} is not used by any tensor")
+            (count,) = struct.unpack("<q", f.read(8))
+            raw = f.read(count * dtypes[key].itemsize)
+            if count < 0 or len(raw) != count * dtypes[key].itemsize:
+                raise CheckpointError(f"{path}: damaged .pth (storage {key} is cut short)")
+            storages[key] = np.frombuffer(raw, dtype=dtypes[key])
+        f.seek(start)
+        return _Unpickler(f, lambda key, dtype: storages[key], path).load()
+
+
 def read_pth(path: Path) -> Any:
-    """The object a zip-format .pth holds (a state dict), its tensors as NumPy arrays.
+    """The object a .pth holds (a state dict), its tensors as NumPy arrays.
+
+    Reads the zip format (torch >= 1.6) and the legacy one.
 
     Raises:
-        CheckpointError: not a zip-format .pth, damaged, big-endian, or it pickles
-            anything besides tensors, storages and plain containers.
+        CheckpointError: damaged, big-endian, or it pickles anything besides tensors,
+            storages and plain containers.
     """
     path = Path(path)
     try:
-        with zipfile.ZipFile(path) as archive:
-            pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
-            if len(pickles) != 1:
-                raise CheckpointError(f"{path}: not a PyTorch zip archive (no data.pkl)")
-            prefix = pickles[0][: -len("data.pkl")]
-            if f"{prefix}byteorder" in archive.namelist():
-                if archive.read(f"{prefix}byteorder").strip() != b"little":
-                    raise CheckpointError(f"{path}: big-endian tensors are not supported")
-            with archive.open(pickles[0]) as f:
-                return _Unpickler(f, archive, prefix, path).load()
+        with open(path, "rb") as f:
+            is_zip = f.read(4) == b"PK\x03\x04"
+        if is_zip:
+            with zipfile.ZipFile(path) as archive:
+                return _read_zip(path, archive)
+        return _read_legacy(path)
     except CheckpointError:
         raise
-    except zipfile.BadZipFile:
-        raise CheckpointError(
-            f"{path}: not a zip-format .pth (files saved before torch 1.6 need "
-            "bin/port_alexnet, which reads them with torch)"
-        ) from None
-    except (OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError, TypeError) as err:
-        raise CheckpointError(f"{path}: damaged .pth ({type(err).__name__}: {err})") from None
+    except (
+        OSError, KeyError, ValueError, EOFError, pickle.UnpicklingError, TypeError,
+        zipfile.BadZipFile, struct.error,
+    ) as err:
+        reason = " ".join(str(err).split())
+        raise CheckpointError(f"{path}: damaged .pth ({type(err).__name__}: {reason})") from None
