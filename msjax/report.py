@@ -180,6 +180,20 @@ def format_mean_std(mean: float, std: float, digits: int = 2) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def format_interval(low: float, high: float, digits: int = 2) -> str | None:
+    """Formats an interval as "[-2.50, 0.04]"; None (shown "-") when it is undefined (NaN)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return None
+    return f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def format_p_value(p: float) -> str | None:
+    """Formats a p-value as "0.056" or "<0.001"; None (shown "-") when it is undefined (NaN)."""
+    if not math.isfinite(p):
+        return None
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
 def format_table(
     rows: Sequence[Mapping[str, Any]],
     columns: Sequence[str],

@@ -6,13 +6,13 @@
     bin/ablate                                 # every variant
 
 Each variant trains in <workdir>/<variant>/ sharing one feature cache; the
-comparison (paper Tables 3-4) goes to ablation.txt, ablation.csv and ablation.json.
+comparison (paper Tables 3-4) goes to ablation.txt, ablation.csv and ablation.json,
+with each variant's per-fold paired difference from the full model (msjax/ablation.py).
 """
 
 from __future__ import annotations
 
 import copy
-import csv
 
 from absl import flags
 
@@ -42,12 +42,12 @@ def selected_variants() -> list[str]:
 
 
 def main() -> int:
-    from msjax import report
+    from msjax.ablation import ablation_rows, read_fold_results, write_ablation
     from msjax.train.run import train_and_evaluate
 
     base = common.resolved_config()
     workdir = common.workdir(base)
-    rows = []
+    results = {}
     for variant in selected_variants():
         config = copy.deepcopy(base)
         with config.unlocked():
@@ -57,26 +57,12 @@ def main() -> int:
             if base.dataset == "synthetic" and not base.data_dir:
                 config.data_dir = str(workdir / "corpus")
         print(f"== {variant}", flush=True)
-        results = train_and_evaluate(config, workdir / variant)
-        if not results:  # a single --fold run: nothing to compare yet
-            continue
-        rows.append({
-            "variant": variant,
-            "WA": (100 * results["mean"]["wa"], 100 * results["std"]["wa"]),
-            "UA": (100 * results["mean"]["ua"], 100 * results["std"]["ua"]),
-            "F1": (100 * results["mean"]["f1"], 100 * results["std"]["f1"]),
-        })
-    if not rows:
+        if not train_and_evaluate(config, workdir / variant):
+            continue  # a single --fold run: nothing to compare yet
+        results[variant] = read_fold_results(workdir / variant)
+    if not results:
         return 0
-    table = report.format_table(rows, ["variant", "WA", "UA", "F1"])
-    print(table, flush=True)
-    (workdir / "ablation.txt").write_text(table + "\n")
-    with open(workdir / "ablation.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["variant", "wa_mean", "wa_std", "ua_mean", "ua_std", "f1_mean", "f1_std"])
-        for row in rows:
-            writer.writerow([row["variant"], *row["WA"], *row["UA"], *row["F1"]])
-    report.write_json(rows, workdir / "ablation.json")
+    print(write_ablation(ablation_rows(results), workdir), flush=True)
     return 0
 
 
