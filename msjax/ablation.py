@@ -33,7 +33,7 @@ def read_fold_results(run_dir: Path) -> list[dict]:
     for path in sorted(Path(run_dir).glob("fold_*/result.json")):
         try:
             result = json.loads(path.read_text())
-            float(result["wa"]), float(result["ua"]), int(result["fold"])
+            int(result["fold"]), *(float(result[k]) for _, k in SUMMARY_METRICS)
         except (ValueError, KeyError, TypeError) as e:
             raise DataError(f"{path}: not a fold result ({type(e).__name__}: {e})") from None
         results.append(result)

@@ -56,11 +56,14 @@ def test_wilcoxon_with_ties_and_zeros_is_scipys_exact_permutation(d):
 
 
 def test_float_noise_still_ties():
-    # 0.7 - 0.6 and 0.8 - 0.7 differ in the last bits; as accuracies they are one tie.
-    noisy = np.array([0.7 - 0.6, 0.8 - 0.7, 0.3, -0.2, 0.5])
-    clean = np.array([0.1, 0.1, 0.3, -0.2, 0.5])
-    assert wilcoxon_pvalue(np.round(noisy, 12)) == wilcoxon_pvalue(clean)
-    assert difference_summary(noisy) == difference_summary(clean)
+    # 0.7 - 0.6 and 0.8 - 0.7 differ in the last bits; as accuracy gaps they are one tie.
+    noisy = np.array([-(0.7 - 0.6), 0.8 - 0.7, 0.3, 0.2, 0.5, 0.4])
+    clean = np.array([-0.1, 0.1, 0.3, 0.2, 0.5, 0.4])
+    assert noisy[0] != -noisy[1]
+    got = difference_summary(noisy)
+    assert got == difference_summary(clean)
+    want = st.wilcoxon(clean, method=st.PermutationMethod()).pvalue
+    assert got.wilcoxon_pvalue == pytest.approx(want, rel=1e-12)
 
 
 def test_seeds_are_averaged_within_each_fold():
@@ -153,11 +156,13 @@ def test_ablation_table_has_paired_columns_from_fold_results(tmp_path):
     )
 
 
-def test_ablation_pairs_only_common_folds_and_seeds(tmp_path):
-    full = [{"fold": k, "seed": s, "wa": 0.5 + 0.01 * k + 0.001 * s, "ua": 0.5, "f1": 0.5}
+def test_ablation_pairs_only_common_folds_and_seeds():
+    # The full model lacks fold 1's seed 1; the variant lacks fold 3 and fold 2's seed 1.
+    # The variant's gap to the full model is (fold + 1) points, for every seed.
+    runs = [{"fold": k, "seed": s, "wa": 0.5 + 0.01 * k + 0.001 * s, "ua": 0.5, "f1": 0.5}
             for k in range(4) for s in range(2)]
-    # The variant lacks fold 3 and fold 2's seed 1; its gap to the full model grows with the fold.
-    var = [dict(r, wa=r["wa"] - 0.01 * (r["fold"] + 1)) for r in full
+    full = [r for r in runs if (r["fold"], r["seed"]) != (1, 1)]
+    var = [dict(r, wa=r["wa"] - 0.01 * (r["fold"] + 1)) for r in runs
            if r["fold"] < 3 and (r["fold"], r["seed"]) != (2, 1)]
     got = ablation.ablation_rows({"full": full, "no_attention": var})[1]["paired"]["WA"]
     assert got["n"] == 3 and got["mean"] == pytest.approx(-2.0)
