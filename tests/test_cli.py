@@ -205,6 +205,14 @@ def test_ablate_compares_variants_under_the_same_folds(tmp_path):
     assert "full" in table and "no_attention" in table and "baseline" not in table
     rows = json.loads((tmp_path / "ablation.json").read_text())
     assert [r["variant"] for r in rows] == ["full", "no_attention"]
+    assert "ΔUA" in table and "UA p (W)" in table
+    full_ua, variant_ua = (
+        [json.loads((tmp_path / v / f"fold_{k:02d}" / "result.json").read_text())["ua"]
+         for k in range(2)] for v in ("full", "no_attention")
+    )
+    paired = rows[1]["paired"]["UA"]
+    assert paired["n"] == 2
+    assert paired["mean"] == pytest.approx(100 * np.mean(np.subtract(variant_ua, full_ua)))
     variants = ("full", "no_attention")
     folds = [json.loads((tmp_path / v / "folds.json").read_text()) for v in variants]
     assert folds[0] == folds[1]
