@@ -122,9 +122,8 @@ def write_ablation(rows: Sequence[Mapping], workdir: Path) -> str:
         writer.writerow(header)
         for row in rows:
             paired = row.get("paired", {})
-            writer.writerow([
-                row["variant"], *(v for name, _ in SUMMARY_METRICS for v in row[name]), row["folds"],
-                *(paired[name][k] if paired else "" for name, _ in PAIRED_METRICS for k in fields),
-            ])
+            summary = [v for name, _ in SUMMARY_METRICS for v in row[name]]
+            diffs = [paired[m][k] if paired else "" for m, _ in PAIRED_METRICS for k in fields]
+            writer.writerow([row["variant"], *summary, row["folds"], *diffs])
     report.write_json(rows, workdir / "ablation.json")
     return table
