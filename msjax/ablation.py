@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -33,11 +34,17 @@ def read_fold_results(run_dir: Path) -> list[dict]:
     for path in sorted(Path(run_dir).glob("fold_*/result.json")):
         try:
             result = json.loads(path.read_text())
-            int(result["fold"]), *(float(result[k]) for _, k in SUMMARY_METRICS)
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataError(f"{path}: not a fold result ({type(e).__name__}: {e})") from None
+        except ValueError as e:
+            raise DataError(f"{path}: not valid JSON ({e})") from None
+        keys = ("fold", *(k for _, k in SUMMARY_METRICS))
+        if not isinstance(result, dict) or not all(_finite(result.get(k)) for k in keys):
+            raise DataError(f"{path}: not a fold result (needs finite {', '.join(keys)})")
         results.append(result)
     return results
+
+
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def paired_differences(

@@ -38,7 +38,7 @@ import math
 import numpy as np
 from scipy import stats
 
-# Differences closer than this are ties (and to 0, zeros); see the module docstring.
+# Differences are rounded to this many decimals so float noise splits no tie or zero.
 _DECIMALS = 12
 
 

@@ -173,7 +173,10 @@ def test_damaged_fold_result_names_the_file(tmp_path):
     write_fold(tmp_path / "full", 0, 0.5, 0.5)
     (tmp_path / "full" / "fold_01").mkdir()
     (tmp_path / "full" / "fold_01" / "result.json").write_text('{"fold": 1, "wa": ')
-    with pytest.raises(DataError, match="fold_01/result.json"):
+    with pytest.raises(DataError, match="fold_01/result.json: not valid JSON"):
+        ablation.read_fold_results(tmp_path / "full")
+    (tmp_path / "full" / "fold_01" / "result.json").write_text('{"fold": 1, "wa": null}')
+    with pytest.raises(DataError, match="fold_01/result.json: not a fold result"):
         ablation.read_fold_results(tmp_path / "full")
     with pytest.raises(DataError, match="'full'"):
         ablation.ablation_rows({"no_mfcc": []})
