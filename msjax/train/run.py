@@ -39,6 +39,7 @@ from msjax.train.loop import FoldRunner
 from msjax.train.pipeline import FeatureStore, cache_root, limit_malloc_arenas
 from msjax.train.steps import create_state, make_mesh, make_steps
 from msjax.train.tsne import write_tsne
+from msjax.validation import check_config
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ _RERUN_FIELDS = ("fold", "use_cache", "cache_dir", "tsne", "feature_workers")
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Dataset, list[Fold]]:
-    """Loads the dataset and builds its folds (no feature work)."""
+    """Checks the config, loads the dataset and builds its folds (no feature work)."""
+    check_config(config)
     root = setup.data_root(config, workdir)
     if config.dataset == "synthetic":
         # Idempotent: an existing corpus with the same settings is reused as it is.
@@ -101,11 +103,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     fold that was interrupted continues from its last saved epoch.
     """
     workdir = Path(workdir)
+    start = time.time()
+    # Everything that can be checked is checked before the workdir is written to.
+    dataset, folds = prepare_data(config, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     _check_workdir(config, workdir)
-    start = time.time()
     limit_malloc_arenas()  # memory stays flat across folds and epochs
-    dataset, folds = prepare_data(config, workdir)
     labels = dataset.labels
     write_folds_json(folds, workdir / "folds.json")
 
