@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from msjax.errors import writing
+
 log = logging.getLogger(__name__)
 
 # Folded into every key: bump it when the entry format changes so that old
@@ -163,19 +165,20 @@ class FeatureCache:
         path = self.path(kind, key)
         payload = _validated(arrays)
         payload[_CHECKSUM] = np.array(arrays_checksum(payload))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A unique hidden name per writer: two writers of one key never share a
-        # temporary file, and the last rename wins with a complete entry.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with writing(path, "a feature cache entry"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # A unique hidden name per writer: two writers of one key never share a
+            # temporary file, and the last rename wins with a complete entry.
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    np.savez(f, **payload)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
         self.stats.writes += 1
 
     def get_or_compute(

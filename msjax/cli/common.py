@@ -3,7 +3,8 @@
 The config file is chosen by `--dataset` (configs/<dataset>.py) unless
 `--config=path.py` is given; `--config.x=y` overrides any field, and the plain
 flags below, when given, override both.
-Exit codes: 0 success, 2 usage error, 3 data error (one-line messages).
+Exit codes: 0 success, 2 usage error, 3 data error, including damaged checkpoints
+and disks that cannot be written (one-line messages).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from msjax.errors import MsjaxError, UsageError
+from msjax.errors import DataError, MsjaxError, UsageError
 from msjax.validation import field_names, unknown_field_message
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -61,6 +62,9 @@ def define_run_flags() -> None:
     flags.DEFINE_bool(
         "allow_count_mismatch", None, "Proceed when the dataset's utterance counts differ."
     )
+    flags.DEFINE_bool(
+        "allow_damaged", None, "Skip (and list) truncated audio files instead of stopping."
+    )
 
 
 def _unknown_override(argv: Sequence[str], default: Path) -> str:
@@ -87,7 +91,7 @@ def resolved_config() -> ml_collections.ConfigDict:
     with config.unlocked():
         plain = {
             "data_dir": "data_dir", "folds": "num_folds", "fold": "fold", "seed": "seed",
-            "allow_count_mismatch": "allow_count_mismatch",
+            "allow_count_mismatch": "allow_count_mismatch", "allow_damaged": "allow_damaged",
         }
         for flag, field in plain.items():
             if FLAGS[flag].value is not None:
@@ -152,8 +156,11 @@ def run(main: Callable[[], int | None]) -> None:
 
     def wrapped(argv: list[str]) -> int | None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        for noisy in ("absl", "jax", "orbax", "orbax.checkpoint"):
+        for noisy in ("jax", "orbax", "orbax.checkpoint"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # orbax logs a failed background write with its traceback through absl before
+        # the save raises; the raised error is what gets reported, in one line.
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
         try:
             if len(argv) > 1:
                 raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -161,5 +168,9 @@ def run(main: Callable[[], int | None]) -> None:
         except MsjaxError as err:
             print(f"error: {err}", file=sys.stderr)
             return err.exit_code
+        except OSError as err:  # a disk or permission failure no caller named
+            where = f"{err.filename}: " if err.filename else ""
+            print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+            return DataError.exit_code
 
     app.run(wrapped, flags_parser=_parse)
