@@ -23,7 +23,9 @@ import re
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
+import jax
 import numpy as np
 
 from msjax.errors import writing
@@ -75,6 +77,13 @@ def arrays_checksum(arrays: Mapping[str, np.ndarray]) -> str:
         digest.update(array.nbytes.to_bytes(8, "little"))
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def params_hash(params: Any) -> str:
+    """Returns a sha256 over a parameter tree's leaf paths, dtypes, shapes and values
+    (the weights' own identity, whatever they were loaded or initialised from)."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return arrays_checksum({jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves})
 
 
 @dataclasses.dataclass

@@ -59,7 +59,8 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Data
     root = setup.data_root(config, workdir)
     if config.dataset == "synthetic":
         # Idempotent: an existing corpus with the same settings is reused as it is.
-        generate_corpus(root, **config.synthetic)
+        with writing(root, "the synthetic corpus"):
+            generate_corpus(root, **config.synthetic)
     dataset = _without_damaged(
         load_dataset(config.dataset, root, allow_count_mismatch=config.allow_count_mismatch),
         config.get("allow_damaged", False),
