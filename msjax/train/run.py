@@ -26,15 +26,14 @@ import ml_collections
 import numpy as np
 import optax
 
+from msjax import lock, report
 from msjax import metrics as M
-from msjax import report
 from msjax.audio import wav_header_problem
 from msjax.cache import FeatureCache, audio_hash
 from msjax.data import load_dataset
 from msjax.data.folds import Fold, make_folds, summarize_folds, write_folds_json
 from msjax.data.records import Dataset
 from msjax.data.synthetic import generate_corpus
-from msjax import lock
 from msjax.encoders import Encoder, load_encoder
 from msjax.errors import DataError, UsageError, writing
 from msjax.features import FeatureConfig
@@ -144,7 +143,7 @@ _INPUTS = {
 }
 
 
-def run_inputs(dataset: Dataset, encoder) -> dict[str, str]:
+def run_inputs(dataset: Dataset, encoder: Encoder) -> dict[str, str]:
     """SHA-256 digests of the utterance list (ids and labels), of every audio file's
     bytes and the encoder's identity: what a rerun must find unchanged."""
     utterances = hashlib.sha256()
