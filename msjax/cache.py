@@ -20,7 +20,6 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from msjax.errors import writing
+from msjax.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -174,20 +173,7 @@ class FeatureCache:
         path = self.path(kind, key)
         payload = _validated(arrays)
         payload[_CHECKSUM] = np.array(arrays_checksum(payload))
-        with writing(path, "a feature cache entry"):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # A unique hidden name per writer: two writers of one key never share a
-            # temporary file, and the last rename wins with a complete entry.
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    np.savez(f, **payload)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+        atomic_write(path, lambda f: np.savez(f, **payload), "a feature cache entry")
         self.stats.writes += 1
 
     def get_or_compute(

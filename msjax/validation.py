@@ -24,7 +24,9 @@ VALIDATIONS = ("heldout", "test")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
-def field_names(config: Mapping[str, Any] | ml_collections.ConfigDict, prefix: str = "") -> Iterator[str]:
+def field_names(
+    config: Mapping[str, Any] | ml_collections.ConfigDict, prefix: str = ""
+) -> Iterator[str]:
     """Dotted names of every leaf field, e.g. "optim.batch_size"."""
     for key, value in config.items():
         name = f"{prefix}{key}"

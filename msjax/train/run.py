@@ -113,7 +113,8 @@ def _check_workdir(config: ml_collections.ConfigDict, workdir: Path, inputs: dic
         previous = json.loads(path.read_text())
         changed = sorted(
             k for k in set(previous) | set(current)
-            if k not in _RERUN_FIELDS and previous.get(k) != current.get(k)
+            # A field added since the run started counts as unchanged.
+            if k not in _RERUN_FIELDS and previous.get(k, current.get(k)) != current.get(k)
         )
         if changed:
             raise UsageError(
