@@ -16,6 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.dataset = "emodb"
     config.data_dir = ""
     config.allow_count_mismatch = False
+    # Skip (and list) audio files with truncated WAV headers instead of stopping.
+    config.allow_damaged = False
     # "loso" (leave one speaker out), "stratified" (seeded label-stratified
     # k-fold over utterances) or "session" (IEMOCAP leave one session out).
     config.protocol = "loso"

@@ -14,6 +14,7 @@ shorter than one wav2vec2 receptive field (400 samples) still yields valid input
 from __future__ import annotations
 
 import os
+import struct
 
 import numpy as np
 import soundfile as sf
@@ -22,6 +23,8 @@ import soxr
 from msjax.errors import AudioError
 
 SAMPLE_RATE = 16000
+# Decoded samples are nominally in [-1, 1]; float files far outside hold garbage.
+MAX_AMPLITUDE = 1000.0
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -37,7 +40,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
 
     Raises:
         AudioError: the file is missing, unreadable or undecodable, holds no samples
-            (or too few to survive resampling), or holds NaN/infinite samples.
+            (or too few to survive resampling), or holds NaN/infinite samples or
+            samples beyond `MAX_AMPLITUDE`.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -56,6 +60,11 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
         raise AudioError(f"{path}: contains no audio samples")
     if not np.isfinite(data).all():
         raise AudioError(f"{path}: contains NaN or infinite samples")
+    peak = float(np.abs(data).max())
+    if peak > MAX_AMPLITUDE:
+        raise AudioError(
+            f"{path}: absurd amplitude (peak {peak:.3g}, expected about 1); not audio samples"
+        )
     # A mono file needs no channel mean: its one column is already contiguous.
     wav = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
     if file_rate != sample_rate:
@@ -66,6 +75,38 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
                 f"resample to {sample_rate} Hz"
             )
     return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def wav_header_problem(path: str | os.PathLike) -> str | None:
+    """Why a WAV file's header disagrees with its size (a truncated copy), else None.
+
+    libsndfile decodes the samples that are present without a word, so a cut-off
+    file would pass as a shorter utterance. Files that are not RIFF/WAVE are left
+    to the decoder.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        riff = struct.unpack("<I", head[4:8])[0]
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk, length = struct.unpack("<4sI", f.read(8))
+            if chunk == b"data":
+                present = size - pos - 8
+                # 0 and 0xFFFFFFFF: sizes a streaming writer never filled in.
+                if length not in (0, 0xFFFFFFFF) and length > present:
+                    return (
+                        f"truncated WAV: its header declares {length} data bytes, "
+                        f"the file holds {present}"
+                    )
+                return None
+            pos += 8 + length + (length & 1)
+    if riff + 8 > size:
+        return f"truncated WAV: its header declares {riff + 8} bytes, the file holds {size}"
+    return "WAV header without a data chunk"
 
 
 def preemphasis(wav: np.ndarray, coef: float = 0.97) -> np.ndarray:

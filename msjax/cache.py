@@ -20,11 +20,14 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
+import jax
 import numpy as np
+
+from msjax.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,13 @@ def arrays_checksum(arrays: Mapping[str, np.ndarray]) -> str:
         digest.update(array.nbytes.to_bytes(8, "little"))
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def params_hash(params: Any) -> str:
+    """Returns a sha256 over a parameter tree's leaf paths, dtypes, shapes and values
+    (the weights' own identity, whatever they were loaded or initialised from)."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return arrays_checksum({jax.tree_util.keystr(path): np.asarray(x) for path, x in leaves})
 
 
 @dataclasses.dataclass
@@ -163,19 +173,7 @@ class FeatureCache:
         path = self.path(kind, key)
         payload = _validated(arrays)
         payload[_CHECKSUM] = np.array(arrays_checksum(payload))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # A unique hidden name per writer: two writers of one key never share a
-        # temporary file, and the last rename wins with a complete entry.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{key}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **payload)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(path, lambda f: np.savez(f, **payload), "a feature cache entry")
         self.stats.writes += 1
 
     def get_or_compute(

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msjax.cache import params_hash
 from msjax.convert.hf import load_ssl, normalize_waveform
 from msjax.errors import UsageError
 from msjax.models.ssl import SSLConfig, SSLEncoder
@@ -97,8 +98,8 @@ def load_encoder(name: str, *, seed: int = 0, extract_batch_size: int = 8) -> En
         module = SSLEncoder(config)
         wav = jnp.zeros((1, config.receptive_field), jnp.float32)
         params = jax.jit(module.init)(jax.random.key(seed), wav)["params"]
-        blob = json.dumps({"preset": PRESETS[preset], "seed": seed}, sort_keys=True)
-        identity = hashlib.sha256(f"{name}:{blob}".encode()).hexdigest()
+        blob = json.dumps(dataclasses.asdict(config), sort_keys=True)
+        identity = hashlib.sha256(f"{blob}:{params_hash(params)}".encode()).hexdigest()
         return Encoder(name, module, params, config, True, identity, extract_batch_size)
     loaded = load_ssl(name)
     return Encoder(

@@ -5,6 +5,12 @@ flag) and says what is wrong. Layout errors are the one exception: they add the
 expected directory tree below that line.
 """
 
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
 
 class MsjaxError(Exception):
     """Base class; `exit_code` is what `bin/` commands exit with."""
@@ -38,3 +44,17 @@ class LabelError(DataError):
 
 class CheckpointError(DataError):
     """A checkpoint or weights file that is missing, incomplete or mismatched."""
+
+
+class WriteError(DataError):
+    """A file or directory that cannot be written (read-only or full disk, permissions)."""
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Turns an OSError raised inside into a one-line WriteError naming `path` and `what`."""
+    try:
+        yield
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise WriteError(f"{path}: cannot write {what}: {reason}") from err

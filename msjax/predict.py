@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -19,16 +21,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msjax.audio import load_audio
+from msjax.audio import load_audio, wav_header_problem
 from msjax.convert.hf import normalize_waveform
 from msjax.encoders import Encoder, load_encoder
-from msjax.errors import AudioError, CheckpointError, DataError
+from msjax.errors import AudioError, CheckpointError, DataError, UsageError, writing
 from msjax.features import FeatureConfig, segment, utterance_features
 from msjax.models.ssl import SSLConfig, SSLEncoder
 from msjax.train import checkpoint, setup
 from msjax.train.steps import model_inputs
 
-AUDIO_SUFFIXES = (".wav", ".flac")
+# Suffixes of audio files a folder is searched for; libsndfile decodes the first
+# ones, the others get an error row.
+AUDIO_SUFFIXES = (
+    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au",
+    ".m4a", ".aac", ".wma", ".webm", ".amr",
+)
 
 
 class Predictor:
@@ -87,7 +94,11 @@ class Predictor:
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """Files, folders (searched recursively for .wav/.flac) and .txt/.lst lists of paths."""
+    """Files, folders (every audio file below them, by suffix) and .txt/.lst lists of paths.
+
+    Folders yield every file with an audio suffix, decodable or not, so that each
+    gets its row.
+    """
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -105,44 +116,83 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 def predict(predictor: Predictor, paths: Sequence[Path]) -> Iterator[dict]:
     """One record per file: label and per-class probabilities, or the error.
 
-    A bad file gives status "error" with its one-line message; the others go on.
+    A bad file gives status "error" with its one-line message and the others go
+    on; a truncated WAV is predicted from what it holds, with status "warning".
     """
     for path in paths:
         try:
             logprobs = predictor.predict_file(path)
+            problem = wav_header_problem(path)
         except AudioError as err:
             yield {"path": str(path), "status": "error", "error": str(err)}
             continue
+        if not np.isfinite(logprobs).all():
+            yield {"path": str(path), "status": "error", "error": f"{path}: non-finite output"}
+            continue
         probs = np.exp(logprobs - np.logaddexp.reduce(logprobs))
-        yield {
+        record = {
             "path": str(path),
-            "status": "ok",
+            "status": "warning" if problem else "ok",
             "label": predictor.labels[int(np.argmax(probs))],
             "probabilities": {name: float(p) for name, p in zip(predictor.labels, probs)},
         }
+        if problem:
+            record["error"] = f"{path}: {problem}"
+        yield record
 
 
-def write_records(records: Sequence[dict], labels: Sequence[str], out: Path | None) -> None:
-    """Writes JSONL (.jsonl/.json), else CSV; to stdout when `out` is None."""
+def check_output(out: Path | None) -> None:
+    """Fails before any work when `out` cannot be written (a directory, no permission,
+    a read-only or full disk): creates its folder and a scratch file beside it.
+
+    Raises:
+      UsageError: `out` is a directory. WriteError: it cannot be written.
+    """
     if out is None:
-        _write_csv(records, labels, sys.stdout)
         return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if out.suffix.lower() in (".jsonl", ".json"):
-        out.write_text("".join(json.dumps(r) + "\n" for r in records))
-        return
-    with open(out, "w", newline="") as f:
-        _write_csv(records, labels, f)
+    if out.is_dir():
+        raise UsageError(f"--output={out}: is a directory; give a .csv or .jsonl file")
+    with writing(out, "predictions"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out.parent) as f:
+            f.write(b"x" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
 
 
-def _write_csv(records: Sequence[dict], labels: Sequence[str], f: TextIO) -> None:
-    writer = csv.writer(f)
-    writer.writerow(["path", "status", "label", *[f"p_{n}" for n in labels], "error"])
-    for r in records:
-        probs = r.get("probabilities", {})
-        writer.writerow([
-            r["path"], r["status"], r.get("label", ""),
-            *[f"{probs[n]:.6f}" if n in probs else "" for n in labels], r.get("error", ""),
-        ])
+class RecordWriter:
+    """Writes records as they come: JSONL (.jsonl/.json), else CSV; stdout when `out`
+    is None. Each row is flushed, so a failure later keeps the rows before it."""
 
-__all__ = ["Predictor", "expand_inputs", "predict", "write_records"]
+    def __init__(self, out: Path | None, labels: Sequence[str]):
+        self.out, self.labels = out, list(labels)
+        self.jsonl = out is not None and out.suffix.lower() in (".jsonl", ".json")
+        with writing(out or "stdout", "predictions"):
+            self.file: TextIO = sys.stdout if out is None else open(out, "w", newline="")
+            if not self.jsonl:
+                self._csv = csv.writer(self.file)
+                self._csv.writerow(
+                    ["path", "status", "label", *[f"p_{n}" for n in labels], "error"]
+                )
+                self.file.flush()
+
+    def write(self, r: dict) -> None:
+        with writing(self.out or "stdout", "predictions"):
+            if self.jsonl:
+                self.file.write(json.dumps(r) + "\n")
+            else:
+                probs = r.get("probabilities", {})
+                self._csv.writerow([
+                    r["path"], r["status"], r.get("label", ""),
+                    *[f"{probs[n]:.6f}" if n in probs else "" for n in self.labels],
+                    r.get("error", ""),
+                ])
+            self.file.flush()
+
+    def close(self) -> None:
+        if self.file is not sys.stdout:
+            with writing(self.out, "predictions"):
+                self.file.close()
+
+
+__all__ = ["Predictor", "RecordWriter", "check_output", "expand_inputs", "predict"]

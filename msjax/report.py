@@ -12,10 +12,8 @@ import csv
 import io
 import json
 import math
-import os
 import platform
 import subprocess
-import tempfile
 from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +22,8 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from msjax.files import atomic_write
 
 # Report keys -> the distributions whose versions they record.
 _DISTRIBUTIONS = {
@@ -288,19 +288,7 @@ def _git_info(repo: Path) -> dict[str, Any]:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Writes `data` to `path` via a fsynced temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(data), "the file")
 
 
 def _save_figure(fig: Figure, path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from msjax import cache as cache_lib
 from msjax.cache import FeatureCache, audio_hash
+from msjax.errors import WriteError
 
 
 def _arrays(seed=0):
@@ -156,7 +157,7 @@ def test_crash_mid_write_leaves_nothing(tmp_path, monkeypatch):
         raise OSError("simulated crash")
 
     monkeypatch.setattr(cache_lib.os, "replace", crash)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(WriteError, match="cannot write a feature cache entry: simulated crash"):
         cache.put("acoustic", key, _arrays())
     monkeypatch.undo()
 

@@ -1,9 +1,5 @@
-"""End to end: bin/train, bin/ablate, bin/extract and bin/predict as a user runs them.
-
-Every run uses the embedded synthetic corpus at a tiny size (3 speakers, 2
-utterances per emotion, 1 s segments, a tiny random encoder, small images) with
-2 stratified folds and 2 epochs, so a run takes well under a minute.
-"""
+"""End to end: bin/train, bin/ablate, bin/extract and bin/predict as a user runs them
+(tiny runs; see conftest.py)."""
 
 import csv
 import json
@@ -18,41 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "--config.synthetic.num_speakers=3",
-    "--config.synthetic.utterances_per_emotion=2",
-    "--config.protocol=stratified",
-    "--folds=2",
-    "--config.features.segment_seconds=1.0",
-    "--config.image_size=(64, 96)",
-    "--config.model.lstm_hidden=8",
-    "--config.model.branch_dim=16",
-    "--config.optim.num_epochs=2",
-    "--config.optim.batch_size=8",
-    "--config.optim.eval_batch_size=8",
-]
-
-
-def run(command: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run(
-        [sys.executable, str(REPO / "bin" / command), *args],
-        capture_output=True, text=True, timeout=timeout, env=env,
-    )
-
-
-def ok(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A finished tiny bin/train run (shared: training is the slow part)."""
-    workdir = tmp_path_factory.mktemp("train")
-    ok(run("train", f"--workdir={workdir}", "--tsne", *TINY))
-    return workdir
+from conftest import REPO, TINY, ok, run
 
 
 def test_train_writes_every_artifact(trained):

@@ -3,13 +3,16 @@
 The config file is chosen by `--dataset` (configs/<dataset>.py) unless
 `--config=path.py` is given; `--config.x=y` overrides any field, and the plain
 flags below, when given, override both.
-Exit codes: 0 success, 2 usage error, 3 data error (one-line messages).
+Exit codes: 0 success, 2 usage error, 3 data error, including damaged checkpoints
+and disks that cannot be written (one-line messages).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +21,8 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from msjax.errors import MsjaxError, UsageError
+from msjax.errors import DataError, MsjaxError, UsageError
+from msjax.validation import field_names, unknown_field_message
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "configs"
@@ -40,7 +44,12 @@ def define_run_flags() -> None:
     """Flags of every command that runs on a dataset config."""
     dataset = _dataset_from_argv(sys.argv)
     default = CONFIG_DIR / f"{dataset if dataset in DATASETS else 'default'}.py"
-    config_flags.DEFINE_config_file("config", str(default), "Config file.", lock_config=True)
+    try:
+        config_flags.DEFINE_config_file("config", str(default), "Config file.", lock_config=True)
+    except (KeyError, AttributeError):
+        # config_flags resolves --config.* overrides here and fails on an unknown field.
+        print(f"error: {_unknown_override(sys.argv, default)}", file=sys.stderr)
+        sys.exit(UsageError.exit_code)
     flags.DEFINE_enum("dataset", "synthetic", DATASETS, "Dataset; picks configs/<dataset>.py.")
     flags.DEFINE_string("data_dir", None, "Dataset root directory.")
     flags.DEFINE_integer("folds", None, "Number of folds (0 = the protocol's natural count).")
@@ -53,6 +62,23 @@ def define_run_flags() -> None:
     flags.DEFINE_bool(
         "allow_count_mismatch", None, "Proceed when the dataset's utterance counts differ."
     )
+    flags.DEFINE_bool(
+        "allow_damaged", None, "Skip (and list) truncated audio files instead of stopping."
+    )
+
+
+def _unknown_override(argv: Sequence[str], default: Path) -> str:
+    """The message for the first --config.<field> that the config file lacks."""
+    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), str(default))
+    spec = importlib.util.spec_from_file_location("msjax_user_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    known = list(field_names(module.get_config()))
+    for arg in argv:
+        match = re.match(r"--(?:no)?config\.([^=]+)", arg)
+        if match and match.group(1) not in known:
+            return unknown_field_message(match.group(1), known)
+    return f"{path}: a --config.* override does not match the config"
 
 
 def resolved_config() -> ml_collections.ConfigDict:
@@ -65,7 +91,7 @@ def resolved_config() -> ml_collections.ConfigDict:
     with config.unlocked():
         plain = {
             "data_dir": "data_dir", "folds": "num_folds", "fold": "fold", "seed": "seed",
-            "allow_count_mismatch": "allow_count_mismatch",
+            "allow_count_mismatch": "allow_count_mismatch", "allow_damaged": "allow_damaged",
         }
         for flag, field in plain.items():
             if FLAGS[flag].value is not None:
@@ -130,8 +156,11 @@ def run(main: Callable[[], int | None]) -> None:
 
     def wrapped(argv: list[str]) -> int | None:
         logging.basicConfig(level=logging.INFO, format="%(message)s")
-        for noisy in ("absl", "jax", "orbax", "orbax.checkpoint"):
+        for noisy in ("jax", "orbax", "orbax.checkpoint"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # orbax logs a failed background write with its traceback through absl before
+        # the save raises; the raised error is what gets reported, in one line.
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
         try:
             if len(argv) > 1:
                 raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -139,5 +168,9 @@ def run(main: Callable[[], int | None]) -> None:
         except MsjaxError as err:
             print(f"error: {err}", file=sys.stderr)
             return err.exit_code
+        except OSError as err:  # a disk or permission failure no caller named
+            where = f"{err.filename}: " if err.filename else ""
+            print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+            return DataError.exit_code
 
     app.run(wrapped, flags_parser=_parse)

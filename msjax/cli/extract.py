@@ -38,7 +38,8 @@ def main() -> int:
     stats = cache.stats
     print(
         f"{dataset.name}: {len(entries)} utterances, {segments} segments in {cache.root} "
-        f"({stats.hits} entries reused, {stats.writes} written)"
+        f"({stats.hits} entries reused, {stats.writes} computed, of which {stats.corrupt} "
+        "replaced damaged ones)"
     )
     return 0
 

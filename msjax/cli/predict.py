@@ -4,8 +4,10 @@
     bin/predict --checkpoint=runs/emodb/fold_03 --input=folder/ --output=preds.csv
     bin/predict --checkpoint=runs/emodb/fold_03 --input=files.txt --output=preds.jsonl
 
-Bad files are reported in the output with status "error" and do not stop the run;
-the exit code is 3 when any file failed.
+Rows are written as files are done. Bad files are reported with status "error" and
+do not stop the run (exit code 3 when any failed); a truncated WAV is predicted from
+what it holds, with status "warning". --checkpoint takes a fold directory, its
+best/ or best/<epoch>.
 """
 
 from __future__ import annotations
@@ -18,26 +20,35 @@ from absl import flags
 from msjax.cli import common
 from msjax.errors import DataError, UsageError
 
-flags.DEFINE_string("checkpoint", None, "A fold directory (or its best/) of a training run.")
+flags.DEFINE_string(
+    "checkpoint", None, "A fold directory of a training run, its best/ or best/<epoch>."
+)
 flags.DEFINE_multi_string("input", None, "Audio file, folder or .txt list; repeatable.")
 flags.DEFINE_string("output", None, "Output .csv or .jsonl (default: CSV on stdout).")
 FLAGS = flags.FLAGS
 
 
 def main() -> int:
-    from msjax.predict import Predictor, expand_inputs, predict, write_records
+    from msjax.predict import Predictor, RecordWriter, check_output, expand_inputs, predict
 
     if not FLAGS.checkpoint or not FLAGS.input:
         raise UsageError("--checkpoint and --input are required")
+    out = Path(FLAGS.output) if FLAGS.output else None
+    check_output(out)
     paths = expand_inputs(FLAGS.input)
     if not paths:
         raise DataError(f"{', '.join(FLAGS.input)}: no audio files found")
     predictor = Predictor(FLAGS.checkpoint)
-    records = list(predict(predictor, paths))
-    write_records(records, predictor.labels, Path(FLAGS.output) if FLAGS.output else None)
-    failed = [r for r in records if r["status"] != "ok"]
-    for r in failed:
-        print(f"error: {r['error']}", file=sys.stderr)
+    writer = RecordWriter(out, predictor.labels)
+    failed = 0
+    try:
+        for record in predict(predictor, paths):
+            writer.write(record)
+            if record["status"] != "ok":
+                print(f"{record['status']}: {record['error']}", file=sys.stderr)
+            failed += record["status"] == "error"
+    finally:
+        writer.close()
     return DataError.exit_code if failed else 0
 
 

@@ -7,18 +7,33 @@ Layout under a fold directory:
                    SSL identity, model config)
 
 Saves are synchronous: orbax writes into a temporary directory and renames it,
-so a process killed mid-save leaves the previous checkpoint intact.
+so a process killed mid-save leaves the previous checkpoint intact. Once the
+data is in place, `<epoch>/sha256.json` (written atomically) records a SHA-256 of
+every file; loading checks each file against it and refuses a damaged one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from msjax.errors import CheckpointError
+from msjax import report
+from msjax.errors import CheckpointError, WriteError, writing
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "sha256.json"
+_CHUNK = 1 << 20
 
 
 def _manager(directory: Path) -> ocp.CheckpointManager:
@@ -28,15 +43,102 @@ def _manager(directory: Path) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory.absolute(), options=options)
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _files(step_dir: Path) -> list[Path]:
+    return sorted(p for p in step_dir.rglob("*") if p.is_file() and p.name != MANIFEST)
+
+
+def verify(step_dir: Path, *, required: bool = True) -> None:
+    """Checks every file of a saved step against its SHA-256 manifest.
+
+    Raises:
+      CheckpointError: a missing or unreadable manifest (when `required`), or a
+        file that is missing or whose bytes differ; the message names the file.
+    """
+    path = step_dir / MANIFEST
+    if not path.is_file():
+        if required:
+            raise CheckpointError(
+                f"{path}: missing; the checkpoint is incomplete (its save was interrupted) "
+                "or was not written by this msjax"
+            )
+        log.warning("%s: no manifest (save interrupted after the data); not verified", step_dir)
+        return
+    try:
+        files = json.loads(path.read_text())["files"]
+        if not isinstance(files, dict) or not files:
+            raise ValueError("no files listed")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable checkpoint manifest ({err})") from None
+    for name, digest in files.items():
+        file = step_dir / name
+        if not file.is_file():
+            raise CheckpointError(f"{file}: missing from the checkpoint")
+        if _sha256(file) != digest:
+            raise CheckpointError(f"{file}: damaged (its SHA-256 differs from {MANIFEST})")
+
+
+def _check_space(directory: Path, tree: Any, what: str) -> None:
+    """Refuses a save that cannot fit before orbax starts one (whose background
+    writers would fail noisily, one by one)."""
+    needed = sum(leaf.nbytes for leaf in jax.tree.leaves(tree)) + (1 << 20)
+    existing = next(p for p in (directory, *directory.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise WriteError(
+            f"{directory}: cannot write {what}: No space left on device "
+            f"({needed / 1e6:.1f} MB needed, {free / 1e6:.1f} MB free)"
+        )
+
+
+def _save(directory: Path, step: int, args: ocp.args.Composite, tree: Any, what: str) -> None:
+    """Saves `args` (holding the arrays of `tree`) as `directory/<step>` plus its
+    manifest; cleans up after a failure."""
+    step_dir = directory / str(step)
+    try:
+        with writing(directory, what):
+            _check_space(directory.absolute(), tree, what)
+            if step_dir.exists():  # a resumed epoch redoes a save cut short before its manifest
+                shutil.rmtree(step_dir)
+            with _manager(directory) as mngr:
+                mngr.save(step, args=args)
+            hashes = {str(p.relative_to(step_dir)): _sha256(p) for p in _files(step_dir)}
+            report.write_json({"files": hashes}, step_dir / MANIFEST)
+    except BaseException as err:
+        for tmp in directory.glob("*-tmp*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+        # tensorstore reports a failed write as ValueError("... [os_error_code='28']").
+        code = re.search(r"os_error_code='(\d+)'", str(err))
+        if code and not isinstance(err, OSError):
+            raise WriteError(
+                f"{directory}: cannot write {what}: {os.strerror(int(code.group(1)))}"
+            ) from None
+        raise
+
+
+def _restore(step_dir: Path, args: ocp.args.Composite) -> Any:
+    """Restores one step; any orbax failure becomes a one-line CheckpointError."""
+    try:
+        with _manager(step_dir.parent) as mngr:
+            return mngr.restore(int(step_dir.name), args=args)
+    except Exception as err:  # noqa: BLE001 - orbax raises many types for damaged files
+        reason = " ".join(str(err).split())[:200]
+        raise CheckpointError(
+            f"{step_dir}: cannot be restored ({type(err).__name__}: {reason})"
+        ) from None
+
+
 def save_latest(fold_dir: Path, epoch: int, state: Any, loop: dict) -> None:
     """Saves the train state and the loop's JSON bookkeeping after `epoch`."""
-    with _manager(fold_dir / "latest") as mngr:
-        mngr.save(
-            epoch,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop)
-            ),
-        )
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop))
+    _save(fold_dir / "latest", epoch, args, state, "the resume checkpoint")
 
 
 def restore_latest(fold_dir: Path, abstract_state: Any) -> tuple[Any, dict] | None:
@@ -46,62 +148,90 @@ def restore_latest(fold_dir: Path, abstract_state: Any) -> tuple[Any, dict] | No
         return None
     with _manager(directory) as mngr:
         step = mngr.latest_step()
-        if step is None:
-            return None
-        restored = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state), loop=ocp.args.JsonRestore()
-            ),
-        )
+    if step is None:
+        return None
+    step_dir = directory / str(step)
+    verify(step_dir, required=False)
+    restored = _restore(
+        step_dir,
+        ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), loop=ocp.args.JsonRestore()
+        ),
+    )
     return restored["state"], dict(restored["loop"])
 
 
 def save_best(fold_dir: Path, epoch: int, variables: Any, metadata: dict) -> None:
     """Saves the variables that predict needs (params, norm stats) and metadata."""
-    with _manager(fold_dir / "best") as mngr:
-        mngr.save(
-            epoch,
-            args=ocp.args.Composite(
-                variables=ocp.args.StandardSave(variables),
-                metadata=ocp.args.JsonSave(metadata),
-            ),
-        )
+    args = ocp.args.Composite(
+        variables=ocp.args.StandardSave(variables), metadata=ocp.args.JsonSave(metadata)
+    )
+    _save(fold_dir / "best", epoch, args, variables, "the best checkpoint")
 
 
-def load_metadata(checkpoint: Path) -> tuple[Path, dict]:
-    """Finds the best checkpoint under `checkpoint` (a fold dir or its best/) and its metadata.
+def best_step_dir(checkpoint: Path) -> Path:
+    """The best/<epoch> directory meant by `checkpoint`: a fold directory, its best/,
+    or best/<epoch> itself.
 
-    Returns:
-      (directory of the best checkpoint manager, metadata dict).
+    Raises:
+      CheckpointError: nothing there, or a latest/ directory (a resume point).
     """
     checkpoint = Path(checkpoint)
-    candidates = [checkpoint, checkpoint / "best"]
-    for directory in candidates:
-        if directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir()):
-            with _manager(directory) as mngr:
-                step = mngr.latest_step()
-                meta = mngr.restore(
-                    step, args=ocp.args.Composite(metadata=ocp.args.JsonRestore())
-                )["metadata"]
-            return directory, dict(meta)
+    if not checkpoint.exists():
+        raise CheckpointError(f"{checkpoint}: does not exist")
+    if "latest" in (checkpoint.name, checkpoint.parent.name):
+        fold_dir = checkpoint.parent if checkpoint.name == "latest" else checkpoint.parent.parent
+        raise CheckpointError(
+            f"{checkpoint}: latest/ is the training state that --resume continues from; "
+            f"pass the fold directory ({fold_dir}) or its best/ to predict"
+        )
+    if checkpoint.name.isdigit() and checkpoint.parent.name == "best" and checkpoint.is_dir():
+        return checkpoint
+    for directory in (checkpoint, checkpoint / "best"):
+        if directory.is_dir():
+            steps = [p for p in directory.iterdir() if p.name.isdigit() and p.is_dir()]
+            if steps:
+                return max(steps, key=lambda p: int(p.name))
     raise CheckpointError(
         f"{checkpoint}: no msjax checkpoint found (expected a fold directory with best/<epoch>/)"
     )
 
 
-def restore_best(directory: Path, abstract_variables: Any) -> Any:
-    """Restores the best variables saved under `directory` (from load_metadata)."""
-    with _manager(directory) as mngr:
-        step = mngr.latest_step()
-        restored = mngr.restore(
-            step,
-            args=ocp.args.Composite(variables=ocp.args.StandardRestore(abstract_variables)),
-        )
-    return restored["variables"]
+def load_metadata(checkpoint: Path) -> tuple[Path, dict]:
+    """Finds and verifies the best checkpoint under `checkpoint` and reads its metadata.
+
+    Returns:
+      (its best/<epoch> directory, metadata dict).
+    """
+    step_dir = best_step_dir(checkpoint)
+    verify(step_dir)
+    meta = _restore(step_dir, ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
+    if not isinstance(meta, dict) or "labels" not in meta:
+        raise CheckpointError(f"{step_dir}: its metadata is not an msjax checkpoint's")
+    return step_dir, dict(meta)
+
+
+def restore_best(step_dir: Path, abstract_variables: Any) -> Any:
+    """Restores the variables of a verified best/<epoch> (from load_metadata).
+
+    Raises:
+      CheckpointError: unreadable, or holding non-finite parameters.
+    """
+    variables = _restore(
+        step_dir,
+        ocp.args.Composite(variables=ocp.args.StandardRestore(abstract_variables)),
+    )["variables"]
+    if not all_finite(variables):
+        raise CheckpointError(f"{step_dir}: holds non-finite (NaN or Inf) parameters")
+    return variables
+
+
+def all_finite(tree: Any) -> bool:
+    """Whether every array of `tree` holds only finite values (one host sync)."""
+    leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]
+    return bool(jax.device_get(jnp.stack(leaves).all())) if leaves else True
 
 
 def abstract_like(tree: Any) -> Any:
     """Shape/dtype structs of `tree`, the restore target orbax needs."""
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-

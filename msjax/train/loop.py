@@ -18,15 +18,15 @@ import numpy as np
 from tqdm import tqdm
 
 from msjax import metrics as M
-from msjax.errors import MsjaxError
+from msjax.errors import DataError
 from msjax.train import checkpoint
 from msjax.train.pipeline import Entry, FeatureStore, device_batch, iterate_batches, prefetch
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(MsjaxError):
-    """Training produced a NaN or Inf loss."""
+class NonFiniteLossError(DataError):
+    """Training produced a NaN or Inf loss, parameters or validation output."""
 
 
 @dataclasses.dataclass
@@ -141,7 +141,18 @@ class FoldRunner:
         while loop["epoch"] < self.num_epochs and loop["bad_epochs"] < self.patience:
             epoch = loop["epoch"] + 1
             state, loss, accuracy = self.train_epoch(state, splits["train"], fold, epoch)
+            # A non-finite gradient on an epoch's last step leaves a finite loss behind.
+            if not checkpoint.all_finite(state["params"]):
+                raise NonFiniteLossError(
+                    f"fold {fold} epoch {epoch} step {int(jax.device_get(state['step']))}: "
+                    "non-finite parameters after the update (non-finite gradient); "
+                    "lower --config.optim.learning_rate or check the inputs"
+                )
             val = self.evaluate(state, splits["val"])
+            if not np.isfinite(val["logprobs"]).all():
+                raise NonFiniteLossError(
+                    f"fold {fold} epoch {epoch}: non-finite validation output"
+                )
             score = val["wa"] + val["ua"]
             loop["history"].append(
                 {"epoch": epoch, "loss": loss, "train_acc": accuracy, "val_wa": val["wa"],

@@ -13,7 +13,10 @@ Loads the dataset, writes the folds, fills the feature cache, trains each fold
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -23,16 +26,17 @@ import ml_collections
 import numpy as np
 import optax
 
+from msjax import lock, report
 from msjax import metrics as M
-from msjax import report
-from msjax.cache import FeatureCache
+from msjax.audio import wav_header_problem
+from msjax.cache import FeatureCache, audio_hash
 from msjax.convert.download import alexnet_weights_file
 from msjax.data import load_dataset, loader_options
 from msjax.data.folds import Fold, class_weights, make_folds, summarize_folds, write_folds_json
 from msjax.data.records import Dataset
 from msjax.data.synthetic import generate_corpus
-from msjax.encoders import load_encoder
-from msjax.errors import UsageError
+from msjax.encoders import Encoder, load_encoder
+from msjax.errors import DataError, UsageError, writing
 from msjax.features import FeatureConfig
 from msjax.image import fit_minmax
 from msjax.train import setup
@@ -40,6 +44,7 @@ from msjax.train.loop import FoldRunner
 from msjax.train.pipeline import FeatureStore, cache_root, limit_malloc_arenas
 from msjax.train.steps import create_state, make_mesh, make_steps
 from msjax.train.tsne import write_tsne
+from msjax.validation import check_config
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +54,17 @@ _RERUN_FIELDS = ("fold", "use_cache", "cache_dir", "tsne", "feature_workers")
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Dataset, list[Fold]]:
-    """Loads the dataset and builds its folds (no feature work)."""
+    """Checks the config, loads the dataset and builds its folds (no feature work)."""
+    check_config(config)
     root = setup.data_root(config, workdir)
     if config.dataset == "synthetic":
         # Idempotent: an existing corpus with the same settings is reused as it is.
-        generate_corpus(root, **config.synthetic)
-    dataset = load_dataset(config.dataset, root, **loader_options(config))
+        with writing(root, "the synthetic corpus"):
+            generate_corpus(root, **config.synthetic)
+    dataset = _without_damaged(
+        load_dataset(config.dataset, root, **loader_options(config)),
+        config.get("allow_damaged", False),
+    )
     folds = make_folds(
         dataset, config.protocol, config.num_folds or None, config.seed, config.validation
     )
@@ -69,6 +79,25 @@ def _class_weights(config: ml_collections.ConfigDict) -> str:
     return config.optim.get("class_weights", "")
 
 
+def _without_damaged(dataset: Dataset, allow: bool) -> Dataset:
+    """The dataset minus truncated audio files (listed), or a DataError naming them."""
+    damaged = [(u, p) for u in dataset.utterances if (p := wav_header_problem(u.path))]
+    if not damaged:
+        return dataset
+    if not allow:
+        first, problem = damaged[0]
+        more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+        raise DataError(
+            f"{first.path}: {problem}{more}; replace the file(s) or pass --allow_damaged "
+            "to skip them"
+        )
+    for utt, problem in damaged:
+        log.warning("skipping %s: %s", utt.path, problem)
+    skipped = {u.uid for u, _ in damaged}
+    kept = tuple(u for u in dataset.utterances if u.uid not in skipped)
+    return dataclasses.replace(dataset, utterances=kept)
+
+
 def dry_run(config: ml_collections.ConfigDict, workdir: Path) -> str:
     """The folds as `--dry_run` prints them: speakers and class counts per split."""
     dataset, folds = prepare_data(config, workdir)
@@ -79,44 +108,64 @@ def dry_run(config: ml_collections.ConfigDict, workdir: Path) -> str:
     return header + "\n" + summarize_folds(folds)
 
 
-def _check_workdir(config: ml_collections.ConfigDict, workdir: Path) -> None:
-    """Refuses to mix runs of different configs in one workdir."""
+def _check_workdir(config: ml_collections.ConfigDict, workdir: Path, inputs: dict) -> None:
+    """Refuses to mix runs of different configs or inputs in one workdir.
+
+    `inputs` (from `run_inputs`) is saved at the run's start; a rerun or --resume
+    whose utterance list, audio or encoder differ is refused.
+    """
     path = workdir / "config.json"
     current = json.loads(config.to_json_best_effort())
     if path.exists():
         previous = json.loads(path.read_text())
         changed = sorted(
             k for k in set(previous) | set(current)
-            if k not in _RERUN_FIELDS and previous.get(k) != current.get(k)
+            # A field added since the run started counts as unchanged.
+            if k not in _RERUN_FIELDS and previous.get(k, current.get(k)) != current.get(k)
         )
         if changed:
             raise UsageError(
                 f"{workdir}: was run with a different config ({', '.join(changed)} differ); "
                 "use a new --workdir"
             )
+    inputs_path = workdir / "inputs.json"
+    if inputs_path.exists():
+        previous = json.loads(inputs_path.read_text())
+        changed = [_INPUTS[k] for k in _INPUTS if previous.get(k) != inputs[k]]
+        if changed:
+            raise UsageError(
+                f"{workdir}: {' and '.join(changed)} changed since the run started "
+                f"({inputs_path}); use a new --workdir"
+            )
     else:
+        report.write_json(inputs, inputs_path)
+    if not path.exists():
         report.write_json(current, path)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
-    """Runs the cross-validation the config describes; returns results.json's content.
+# What a run's results depend on besides its config, as `_check_workdir` names it.
+_INPUTS = {
+    "utterances": "the dataset's utterance list",
+    "audio": "the dataset's audio content",
+    "encoder": "the SSL encoder's weights",
+}
 
-    Rerunning with the same workdir resumes: finished folds are skipped and a
-    fold that was interrupted continues from its last saved epoch.
-    """
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    _check_workdir(config, workdir)
-    start = time.time()
-    limit_malloc_arenas()  # memory stays flat across folds and epochs
-    dataset, folds = prepare_data(config, workdir)
-    labels = dataset.labels
-    write_folds_json(folds, workdir / "folds.json")
-    if config.model.use_spectrogram and not config.model.baseline:
-        # Download ImageNet AlexNet (or fail offline) before any feature work.
-        alexnet_weights_file(config.model.alexnet_weights, config.model.random_alexnet)
 
-    feature_cfg = FeatureConfig(**config.features)
+def run_inputs(dataset: Dataset, encoder: Encoder) -> dict[str, str]:
+    """SHA-256 digests of the utterance list (ids and labels), of every audio file's
+    bytes and the encoder's identity: what a rerun must find unchanged."""
+    utterances = hashlib.sha256()
+    audio = hashlib.sha256()
+    for utt in dataset.utterances:
+        utterances.update(f"{utt.uid}\t{utt.label}\n".encode())
+        audio.update(audio_hash(utt.path).encode())
+    return {
+        "utterances": utterances.hexdigest(), "audio": audio.hexdigest(),
+        "encoder": encoder.identity,
+    }
+
+
+def _load_encoder(config: ml_collections.ConfigDict) -> Encoder:
     encoder = load_encoder(
         config.ssl.name, seed=config.seed, extract_batch_size=config.ssl.extract_batch_size
     )
@@ -127,6 +176,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             layerdrop=config.ssl.layerdrop,
             freeze_feature_encoder=config.ssl.freeze_feature_encoder,
         )
+    return encoder
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+    """Runs the cross-validation the config describes; returns results.json's content.
+
+    Rerunning with the same workdir resumes: finished folds are skipped and a
+    fold that was interrupted continues from its last saved epoch. A whole run
+    holds the workdir's lock, a --fold=k run only its fold's (msjax.lock).
+    """
+    workdir = Path(workdir)
+    start = time.time()
+    # Everything that can be checked is checked before the workdir is written to.
+    dataset, folds = prepare_data(config, workdir)
+    if config.model.use_spectrogram and not config.model.baseline:
+        # Download ImageNet AlexNet (or fail offline) before any feature work.
+        alexnet_weights_file(config.model.alexnet_weights, config.model.random_alexnet)
+    encoder = _load_encoder(config)
+    inputs = run_inputs(dataset, encoder)
+    with contextlib.ExitStack() as stack:
+        if config.fold < 0:
+            stack.enter_context(lock.hold(workdir))
+        else:
+            lock.check_free(workdir)
+            with writing(workdir, "the run directory"):
+                workdir.mkdir(parents=True, exist_ok=True)
+        _check_workdir(config, workdir, inputs)
+        with writing(workdir / "folds.json", "the folds"):
+            write_folds_json(folds, workdir / "folds.json")
+        return _train_folds(config, workdir, dataset, folds, encoder, start)
+
+
+def _train_folds(config, workdir: Path, dataset: Dataset, folds, encoder, start: float) -> dict:
+    """train_and_evaluate's work once the workdir is checked and locked."""
+    limit_malloc_arenas()  # memory stays flat across folds and epochs
+    labels = dataset.labels
+    feature_cfg = FeatureConfig(**config.features)
     cache = FeatureCache(cache_root(config.cache_dir, workdir), enabled=config.use_cache)
     store = FeatureStore(
         cache, feature_cfg, None if config.ssl.finetune else encoder,
@@ -166,10 +252,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         fold_dir = workdir / f"fold_{fold.index:02d}"
         if (fold_dir / "result.json").exists():
             continue
-        params = setup.init_params(config, model, feature_cfg, encoder, fold.index)
-        metadata = setup.checkpoint_metadata(config, dataset, feature_cfg, encoder, fold)
-        weights = class_weights(fold, _class_weights(config))
-        result = run_fold(runner, fold_dir, fold, entries, params, tx, metadata, labels, weights)
+        with lock.hold(fold_dir):
+            params = setup.init_params(config, model, feature_cfg, encoder, fold.index)
+            metadata = setup.checkpoint_metadata(config, dataset, feature_cfg, encoder, fold)
+            weights = class_weights(fold, _class_weights(config))
+            result = run_fold(
+                runner, fold_dir, fold, entries, params, tx, metadata, labels, weights
+            )
         log.info(
             "fold %d (test %s): WA %.4f UA %.4f F1 %.4f, best epoch %d",
             fold.index, ",".join(fold.test_speakers) or "-", result["wa"], result["ua"],
@@ -230,7 +319,7 @@ def _write_predictions(path: Path, test: dict, labels) -> None:
     # Mean segment log-probabilities, renormalised into a distribution per utterance.
     logprobs = test["logprobs"]
     probs = np.exp(logprobs - np.logaddexp.reduce(logprobs, axis=-1, keepdims=True))
-    with open(path, "w", newline="") as f:
+    with writing(path, "the test predictions"), open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["uid", "label", "prediction", *[f"p_{name}" for name in labels]])
         for uid, label, p in zip(test["uids"], test["labels"], probs):

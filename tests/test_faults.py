@@ -1,0 +1,527 @@
+"""Faults a user meets: bad flags, damaged inputs and checkpoints, full and read-only
+disks, two runs at once. Each must end with its exit code (2 usage, 3 data) and one
+`error:` line, no traceback, and lose nothing computed before."""
+
+import errno
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+import soundfile as sf
+from absl import flags
+
+from conftest import REPO, TINY, ok, run
+from configs import synthetic
+from msjax import lock
+from msjax.audio import load_audio
+from msjax.cache import FeatureCache
+from msjax.errors import AudioError, CheckpointError, UsageError, WriteError
+from msjax.train import checkpoint
+from msjax.validation import check_config
+
+FLAGS = flags.FLAGS
+
+
+def one_error(done, code: int, *needles: str) -> str:
+    """Asserts the exit code and a single `error:` line holding every needle."""
+    assert done.returncode == code, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr[-3000:]
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+    return errors[0]
+
+
+# -- 1. validation before writing ---------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--config.optim.batch_size=0"], "--config.optim.batch_size=0"),
+        (["--config.image_size=(0, 0)"], "--config.image_size"),
+        (["--config.optim.learning_rate=nan"], "--config.optim.learning_rate=nan"),
+        (["--config.optim.batch_sise=4"], "did you mean --config.optim.batch_size"),
+        (["--fold=-5"], "--fold=-5"),
+        (["--fold=7"], "--fold=7"),
+    ],
+)
+def test_bad_config_is_refused_before_the_workdir_is_written(tmp_path, args, needle):
+    workdir = tmp_path / "run"
+    one_error(run("train", f"--workdir={workdir}", *TINY, *args), 2, needle)
+    # Only the synthetic corpus may have been generated: no config.json locks the workdir.
+    assert not (workdir / "config.json").exists()
+
+
+def test_data_dir_is_checked_before_writing(tmp_path):
+    workdir = tmp_path / "run"
+    one_error(run("train", "--dataset=emodb", f"--workdir={workdir}"), 2,
+              "--data_dir is required for --dataset=emodb")
+    done = run("train", "--dataset=emodb", f"--data_dir={tmp_path / 'emodbb'}",
+               f"--workdir={workdir}")
+    one_error(done, 3, "emodbb")
+    assert not workdir.exists()
+
+
+def _config(**changes) -> ml_collections.ConfigDict:
+    config = synthetic.get_config()
+    with config.unlocked():
+        for name, value in changes.items():
+            *parents, leaf = name.split("__")
+            node = config
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("optim__batch_size", 0), ("optim__eval_batch_size", -1), ("optim__num_epochs", 0),
+        ("optim__patience", 0), ("optim__learning_rate", float("inf")),
+        ("optim__learning_rate", 0.0), ("image_size", (62, 96)), ("image_size", (64,)),
+        ("fold", -2), ("num_folds", -1), ("seed", -1), ("protocol", "kfold"),
+        ("validation", "train"), ("compute_dtype", "float16"), ("model__dropout", 1.0),
+        ("model__lstm_hidden", 0), ("features__hop_length", 0), ("feature_workers", -1),
+    ],
+)
+def test_check_config_names_the_field(field, value):
+    with pytest.raises(UsageError, match=field.split("__")[-1]):
+        check_config(_config(**{field: value}))
+
+
+def test_check_config_accepts_the_shipped_configs():
+    check_config(synthetic.get_config())
+
+
+def test_unknown_override_names_the_closest_field(tmp_path):
+    done = run("predict", "--config.model.use_atention=false")  # predict has no --config
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    done = run("train", f"--workdir={tmp_path}", "--noconfig.model.use_atention")
+    one_error(done, 2, "--config.model.use_atention", "--config.model.use_attention")
+    assert not list(Path(tmp_path).iterdir())
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+def copy_run(trained: Path, dest: Path) -> Path:
+    """A copy of the shared trained workdir that a test may damage."""
+    shutil.copytree(trained, dest)
+    return dest
+
+
+def clip(trained: Path) -> Path:
+    return sorted((trained / "corpus" / "wav").glob("*.wav"))[0]
+
+
+def predict_main(*args: str) -> int:
+    """bin/predict's main in this process (its flags parsed afresh)."""
+    from msjax.cli import predict as cli
+
+    FLAGS.unparse_flags()
+    FLAGS(["predict", *args])
+    try:
+        return cli.main()
+    finally:
+        FLAGS.unparse_flags()
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    for i in range(64):
+        data[middle + i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _largest_array_file(step_dir: Path) -> Path:
+    files = [p for p in (step_dir / "variables").rglob("*") if p.is_file()]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+# -- 2. non-finite guards -----------------------------------------------------------------
+
+@pytest.mark.slow  # compiles the train step
+def test_exploding_training_stops_the_fold_with_a_data_error(trained, tmp_path):
+    done = run("train", f"--workdir={tmp_path}", *TINY, "--config.optim.learning_rate=1e30",
+               f"--config.data_dir={trained / 'corpus'}", f"--config.cache_dir={trained / 'cache'}")
+    one_error(done, 3, "fold 0 epoch 1 step", "non-finite")
+    assert not (tmp_path / "results.json").exists()
+    assert not list(tmp_path.glob("fold_*/result.json"))
+
+
+def test_loader_rejects_non_finite_and_absurd_samples(tmp_path):
+    nan = np.full(1600, 0.1, np.float32)
+    nan[100] = np.nan
+    sf.write(tmp_path / "nan.wav", nan, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "huge.wav", np.full(1600, 1e20, np.float32), 16000, subtype="FLOAT")
+    with pytest.raises(AudioError, match="NaN or infinite"):
+        load_audio(tmp_path / "nan.wav")
+    with pytest.raises(AudioError, match="absurd amplitude"):
+        load_audio(tmp_path / "huge.wav")
+
+
+def test_predict_marks_non_finite_output_as_an_error(trained, monkeypatch):
+    from msjax.predict import Predictor, predict
+
+    predictor = Predictor(trained / "fold_00")
+    monkeypatch.setattr(predictor, "predict_file", lambda path: np.full(7, np.nan))
+    (record,) = predict(predictor, [clip(trained)])
+    assert record["status"] == "error" and "non-finite output" in record["error"]
+    assert "label" not in record
+
+
+def test_checkpoint_with_non_finite_parameters_is_refused(trained, tmp_path):
+    fold = copy_run(trained / "fold_00", tmp_path / "fold")
+    step_dir, meta = checkpoint.load_metadata(fold)
+    variables = checkpoint.restore_best(step_dir, None)
+    leaf = jax.tree.leaves(variables["params"])[0]
+    bad = jax.tree.map(lambda x: np.full_like(x, np.nan) if x is leaf else x, variables)
+    shutil.rmtree(fold / "best")
+    checkpoint.save_best(fold, int(step_dir.name), bad, meta)  # a valid manifest
+    with pytest.raises(CheckpointError, match="non-finite"):
+        checkpoint.restore_best(*checkpoint.load_metadata(fold)[:1], None)
+    done = run("predict", f"--checkpoint={fold}", f"--input={clip(trained)}")
+    one_error(done, 3, "non-finite", str(fold))
+
+
+# -- 3. checkpoint integrity and --checkpoint forms ---------------------------------------
+
+def _damage(step_dir: Path, how: str) -> Path:
+    """Damages one part of a best/<epoch> checkpoint; returns the file the error names."""
+    array = _largest_array_file(step_dir)
+    if how == "flipped":
+        _flip(array)
+        return array
+    if how == "truncated":
+        array.write_bytes(array.read_bytes()[: array.stat().st_size // 2])
+        return array
+    if how == "metadata":
+        (step_dir / "metadata" / "metadata").write_text("garbage{")
+        return step_dir / "metadata" / "metadata"
+    if how == "deleted":
+        array.unlink()
+        return array
+    if how == "manifest":
+        (step_dir / checkpoint.MANIFEST).write_text("garbage{")
+        return step_dir / checkpoint.MANIFEST
+    (step_dir / checkpoint.MANIFEST).unlink()
+    return step_dir / checkpoint.MANIFEST
+
+
+@pytest.mark.parametrize(
+    "how", ["flipped", "truncated", "metadata", "deleted", "manifest", "no_manifest"]
+)
+def test_damaged_checkpoint_is_refused_naming_the_file(trained, tmp_path, how):
+    fold = copy_run(trained / "fold_00", tmp_path / "fold")
+    named = _damage(checkpoint.best_step_dir(fold), how)
+    with pytest.raises(CheckpointError) as err:
+        checkpoint.load_metadata(fold)
+    assert str(named) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_predict_refuses_flipped_bytes_in_one_line(trained, tmp_path):
+    fold = copy_run(trained / "fold_00", tmp_path / "fold")
+    array = _largest_array_file(checkpoint.best_step_dir(fold))
+    _flip(array)
+    done = run("predict", f"--checkpoint={fold}", f"--input={clip(trained)}")
+    one_error(done, 3, str(array), "damaged")
+    assert done.stdout == ""
+
+
+def test_checkpoint_forms(trained):
+    step_dir = checkpoint.best_step_dir(trained / "fold_00")
+    assert step_dir.parent.name == "best"
+    for form in (trained / "fold_00", step_dir.parent, step_dir):
+        assert checkpoint.best_step_dir(form) == step_dir
+    for form in (trained / "fold_00" / "latest", next((trained / "fold_00" / "latest").iterdir())):
+        with pytest.raises(CheckpointError, match="--resume continues from"):
+            checkpoint.best_step_dir(form)
+    done = ok(run("predict", f"--checkpoint={step_dir}", f"--input={clip(trained)}"))
+    assert ",ok," in done.stdout
+
+
+def test_latest_is_explained_by_bin_predict(trained):
+    done = run("predict", f"--checkpoint={trained / 'fold_00' / 'latest'}",
+               f"--input={clip(trained)}")
+    one_error(done, 3, "latest/ is the training state", "pass the fold directory")
+
+
+def test_damaged_resume_checkpoint_is_refused(trained, tmp_path):
+    workdir = copy_run(trained, tmp_path / "run")
+    (workdir / "fold_01" / "result.json").unlink()  # fold 1 resumes from latest/
+    latest = next((workdir / "fold_01" / "latest").iterdir())
+    array = max((p for p in (latest / "state").rglob("*") if p.is_file()),
+                key=lambda p: p.stat().st_size)
+    _flip(array)
+    done = run("train", f"--workdir={workdir}", "--resume")
+    one_error(done, 3, str(array))
+    assert (workdir / "fold_00" / "result.json").exists()
+
+
+# -- 4. one writer per workdir ------------------------------------------------------------
+
+def _lock(directory: Path, pid: int, host: str | None = None) -> None:
+    (directory / lock.LOCK_NAME).write_text(
+        json.dumps({"pid": pid, "host": host or socket.gethostname()})
+    )
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+@pytest.mark.slow  # a real first run holds the lock
+def test_second_train_on_a_workdir_is_refused_at_once(trained, tmp_path):
+    workdir = tmp_path / "run"
+    first = subprocess.Popen(
+        [sys.executable, str(REPO / "bin" / "train"), f"--workdir={workdir}", *TINY,
+         f"--config.data_dir={trained / 'corpus'}", f"--config.cache_dir={trained / 'cache'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    try:
+        start = time.time()
+        while not (workdir / lock.LOCK_NAME).exists():
+            assert first.poll() is None and time.time() - start < 120
+            time.sleep(0.1)
+        done = run("train", f"--workdir={workdir}", *TINY,
+                   f"--config.data_dir={trained / 'corpus'}",
+                   f"--config.cache_dir={trained / 'cache'}")
+        one_error(done, 2, f"in use by pid {first.pid}", lock.LOCK_NAME)
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_stale_lock_is_taken_over(trained, tmp_path):
+    workdir = copy_run(trained, tmp_path / "run")
+    _lock(workdir, _dead_pid())
+    ok(run("train", f"--workdir={workdir}", *TINY))  # every fold done: summarises again
+    assert not (workdir / lock.LOCK_NAME).exists()
+
+
+def test_fold_jobs_lock_only_their_fold(trained, tmp_path):
+    workdir = copy_run(trained, tmp_path / "run")
+    (workdir / "fold_00" / "result.json").unlink()
+    _lock(workdir / "fold_00", os.getpid())  # a live fold-0 job
+    ok(run("train", f"--workdir={workdir}", *TINY, "--fold=1"))
+    done = run("train", f"--workdir={workdir}", *TINY, "--fold=0")
+    one_error(done, 2, f"in use by pid {os.getpid()}")
+    _lock(workdir, os.getpid(), "elsewhere")  # a whole run on another host
+    one_error(run("train", f"--workdir={workdir}", *TINY, "--fold=1"), 2, "on elsewhere")
+
+
+# -- 5. disks and permissions -------------------------------------------------------------
+
+_FULL_DISK = """
+import collections, shutil, sys
+shutil.disk_usage = lambda path: collections.namedtuple("u", "total used free")(1, 1, 0)
+sys.argv = ["train", *sys.argv[1:]]
+from msjax.cli import train
+train.run()
+"""
+
+
+@pytest.mark.slow  # two fold trainings, to show the rerun finishes
+def test_full_disk_at_a_checkpoint_is_one_line_and_a_rerun_finishes(trained, tmp_path):
+    """Simulated: the free space orbax would need is reported as none."""
+    workdir = tmp_path / "run"
+    args = [f"--workdir={workdir}", *TINY, "--fold=0", f"--config.data_dir={trained / 'corpus'}",
+            f"--config.cache_dir={trained / 'cache'}"]
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK, *args], capture_output=True, text=True,
+        cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    one_error(done, 3, str(workdir / "fold_00"), "No space left on device")
+    assert not list(workdir.rglob("*tmp*"))
+    ok(run("train", *args))
+    assert (workdir / "fold_00" / "predictions.csv").read_text() == (
+        trained / "fold_00" / "predictions.csv").read_text()
+
+
+def test_cache_write_on_a_full_disk_names_the_entry(tmp_path, monkeypatch):
+    cache = FeatureCache(tmp_path)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(WriteError, match="cannot write a feature cache entry: No space left"):
+        cache.put("acoustic", "ab" * 32, {"x": np.zeros(3)})
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_unwritable_workdir_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = run("train", f"--workdir={blocker / 'run'}", *TINY)
+    one_error(done, 3, str(blocker / "run"), "cannot write the synthetic corpus")
+
+
+@pytest.fixture
+def mount(tmp_path):
+    """Mounts a tmpfs of the given size and options (needs root; skipped otherwise)."""
+    mounted = []
+
+    def make(name: str, options: str) -> Path:
+        target = tmp_path / name
+        target.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
+                              capture_output=True)
+        if done.returncode:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounted.append(target)
+        return target
+
+    yield make
+    for target in mounted:
+        subprocess.run(["umount", str(target)], check=False)
+
+
+@pytest.mark.slow  # compiles the train step
+def test_real_full_and_read_only_disks(trained, tmp_path, mount):
+    full = mount("full", "size=20m")  # holds the best checkpoint, not the resume one
+    args = [*TINY, "--fold=0", f"--config.data_dir={trained / 'corpus'}",
+            f"--config.cache_dir={trained / 'cache'}"]
+    done = run("train", f"--workdir={full / 'run'}", *args)
+    one_error(done, 3, str(full / "run" / "fold_00" / "latest"), "No space left on device")
+    assert not list(full.rglob("*tmp*"))  # (the rerun is the simulated test's)
+    read_only = mount("ro", "ro,size=1m")
+    one_error(run("train", f"--workdir={read_only / 'run'}", *args), 3,
+              "Read-only file system")
+    done = run("predict", f"--checkpoint={trained / 'fold_00'}", f"--input={clip(trained)}",
+               f"--output={read_only / 'preds.csv'}")
+    one_error(done, 3, str(read_only / "preds.csv"), "Read-only file system")
+
+
+def test_predict_checks_its_output_before_any_work(trained, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = run("predict", f"--checkpoint={tmp_path / 'no_such_checkpoint'}",
+               f"--input={clip(trained)}", f"--output={blocker / 'preds.csv'}")
+    one_error(done, 3, str(blocker / "preds.csv"), "cannot write predictions")
+    done = run("predict", f"--checkpoint={trained / 'fold_00'}", f"--input={clip(trained)}",
+               f"--output={tmp_path}")
+    one_error(done, 2, "is a directory")
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_predict_streams_rows_so_a_late_failure_keeps_them(trained, tmp_path, monkeypatch,
+                                                           suffix):
+    from msjax.predict import Predictor
+
+    clips = sorted((trained / "corpus" / "wav").glob("*.wav"))[:3]
+    real = Predictor.predict_file
+
+    def dies_on_the_third(self, path):
+        if path == clips[2]:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path))
+        return real(self, path)
+
+    monkeypatch.setattr(Predictor, "predict_file", dies_on_the_third)
+    out = tmp_path / f"preds{suffix}"
+    with pytest.raises(OSError):
+        predict_main(f"--checkpoint={trained / 'fold_00'}", *[f"--input={c}" for c in clips],
+                     f"--output={out}")
+    text = out.read_text()
+    assert clips[0].name in text and clips[1].name in text and clips[2].name not in text
+
+
+# -- 6. the smaller points ----------------------------------------------------------------
+
+def test_every_audio_file_in_a_folder_gets_a_row(trained, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(clip(trained), folder / "good.wav")
+    wav, rate = sf.read(clip(trained), dtype="float32")
+    sf.write(folder / "speech.ogg", wav, rate, format="OGG")
+    sf.write(folder / "speech.mp3", wav, rate, format="MP3")
+    (folder / "speech.m4a").write_bytes(b"\x00\x00\x00\x18ftypM4A junk")
+    data = (folder / "good.wav").read_bytes()
+    (folder / "truncated.wav").write_bytes(data[: len(data) // 2])
+    sf.write(folder / "huge.wav", np.full(1600, 1e20, np.float32), 16000, subtype="FLOAT")
+    (folder / "notes.txt").write_text("not audio")
+    out = tmp_path / "preds.jsonl"
+    done = run("predict", f"--checkpoint={trained / 'fold_00'}", f"--input={folder}",
+               f"--output={out}")
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    rows = {Path(r["path"]).name: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(rows) == {"good.wav", "speech.ogg", "speech.mp3", "speech.m4a",
+                         "truncated.wav", "huge.wav"}
+    assert rows["good.wav"]["status"] == "ok"
+    assert rows["speech.ogg"]["status"] == "ok" and rows["speech.mp3"]["status"] == "ok"
+    assert rows["speech.m4a"]["status"] == "error" and "speech.m4a" in rows["speech.m4a"]["error"]
+    assert rows["truncated.wav"]["status"] == "warning"
+    assert "truncated WAV" in rows["truncated.wav"]["error"] and rows["truncated.wav"]["label"]
+    assert rows["huge.wav"]["status"] == "error" and "absurd amplitude" in rows["huge.wav"]["error"]
+    assert sum(line.startswith("error:") for line in done.stderr.splitlines()) == 2
+    assert sum(line.startswith("warning:") for line in done.stderr.splitlines()) == 1
+
+
+def test_truncated_wav_stops_training_unless_allowed(trained, tmp_path):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(trained / "corpus", corpus)
+    victim = sorted((corpus / "wav").glob("*.wav"))[5]
+    victim.write_bytes(victim.read_bytes()[:3000])
+    args = [f"--workdir={tmp_path / 'run'}", *TINY, f"--config.data_dir={corpus}", "--dry_run"]
+    one_error(run("train", *args), 3, str(victim), "truncated WAV", "--allow_damaged")
+    done = ok(run("train", *args, "--allow_damaged"))
+    assert "41 utterances" in done.stdout and f"skipping {victim}" in done.stderr
+
+
+def test_extract_counts_repaired_cache_entries(trained, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained / "cache", workdir / "cache")
+    entry = sorted((workdir / "cache" / "acoustic").rglob("*.npz"))[0]
+    _flip(entry)
+    done = ok(run("extract", f"--workdir={workdir}", *TINY,
+                  f"--config.data_dir={trained / 'corpus'}"))
+    assert "of which 1 replaced damaged ones" in done.stdout
+
+
+# -- 7. what a run started from -----------------------------------------------------------
+
+@pytest.mark.parametrize("changed", ["utterances", "encoder"])
+def test_rerun_refuses_changed_inputs(trained, tmp_path, changed):
+    """Simulated in inputs.json: a corpus whose utterance list changed, or a local
+    encoder directory whose weights were replaced, between two runs."""
+    workdir = copy_run(trained, tmp_path / "run")
+    inputs = json.loads((workdir / "inputs.json").read_text())
+    inputs[changed] = "0" * 64
+    (workdir / "inputs.json").write_text(json.dumps(inputs))
+    done = run("train", f"--workdir={workdir}", "--resume")
+    one_error(done, 2, {"utterances": "utterance list", "encoder": "encoder's weights"}[changed])
+
+
+def test_rerun_refuses_changed_audio(trained, tmp_path):
+    workdir = copy_run(trained, tmp_path / "run")
+    victim = sorted((workdir / "corpus" / "wav").glob("*.wav"))[0]
+    wav, rate = sf.read(victim, dtype="float32")
+    sf.write(victim, wav * 0.5, rate)
+    done = run("train", f"--workdir={workdir}", *TINY)
+    one_error(done, 2, "audio content changed")
+    assert (workdir / "results.json").read_text() == (trained / "results.json").read_text()
+
+
+def test_random_encoder_identity_comes_from_its_weights(monkeypatch):
+    from msjax import encoders
+
+    seed0, seed1 = (encoders.load_encoder("random:tiny", seed=s).identity for s in (0, 1))
+    assert seed0 != seed1
+    # Same name and seed, other weights (as if the initialiser changed): another identity.
+    key = jax.random.key
+    monkeypatch.setattr(encoders.jax.random, "key", lambda seed: key(seed + 1))
+    assert encoders.load_encoder("random:tiny", seed=0).identity == seed1
