@@ -41,13 +41,7 @@ TOL = 1e-4
 EMODB = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    """Tiny models compile far longer than they run; XLA's optimisations do not pay here."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _torch_model(variant: str, seed: int = 0) -> torch.nn.Module:
