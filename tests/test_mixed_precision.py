@@ -19,25 +19,18 @@ from msjax.models.emoboost import MSEmoBoost
 from msjax.train.steps import create_state, make_mesh, make_steps
 
 B, FRAMES, BINS, CLASSES, SAMPLES, IMAGE = 4, 20, 200, 4, 4000, (64, 64)
-TX = optax.adam(1e-3)
+TX = optax.adam(3e-4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-    """Tiny programs compile far longer than they run: skip most XLA optimisation passes."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
-def _setup(compute_dtype, model_kwargs=None):
+def _setup(compute_dtype):
     encoder = load_encoder("random:tiny")
     model = MSEmoBoost(
         num_classes=CLASSES, ssl_frames=encoder.config.num_frames(SAMPLES),
         ssl_dim=encoder.config.hidden_size, lstm_hidden=8, branch_features=16,
         zero_init_classifier=False, dropout=0.0, lstm_dropout=0.0, encoder=encoder.module,
-        **(model_kwargs or {}),
     )
     init_batch = {
         "mfcc": jnp.zeros((1, FRAMES, 40)), "image": jnp.zeros((1, *IMAGE, 3)),
@@ -98,21 +91,24 @@ def test_bfloat16_train_step_runs_its_products_in_bfloat16():
 
 
 def test_bfloat16_losses_follow_float32():
-    """Eight Adam steps from torch's random classifier init (the logits differ from the
-    first step on): the bf16 run's losses stay within 1% of float32's (measured: 0.15%)
-    and its master weights stay float32."""
+    """Eight Adam steps on one batch from torch's random classifier init (so the logits
+    depend on every input from the first step): bf16's first loss is float32's to 0.2%,
+    and over the eight steps its losses stay within 25% of float32's total decrease of
+    it (measured: 12%; with the master weights rounded to bf16 after each update, 41%).
+    The master weights stay float32."""
     f32_state, f32_step, _ = _setup(jnp.float32)
     low_state, low_step, _ = _setup(jnp.bfloat16)
-    key = jax.random.key(0)
+    key, batch = jax.random.key(0), _batch(0)
     f32_losses, low_losses = [], []
-    for step in range(8):
-        batch = _batch(step % 2)  # two batches in turn: the loss must fall
+    for _ in range(8):
         f32_state, m32 = f32_step(f32_state, batch, key)
         low_state, mlow = low_step(low_state, batch, key)
         f32_losses.append(float(m32["loss_sum"]) / B)
         low_losses.append(float(mlow["loss_sum"]) / B)
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(low_state["params"]))
     f32_losses, low_losses = np.array(f32_losses), np.array(low_losses)
-    assert f32_losses[-2:].mean() < 0.9 * f32_losses[:2].mean(), f32_losses  # it learns
-    gap = np.abs(low_losses - f32_losses) / f32_losses
-    assert gap.max() < 0.01, (gap, f32_losses, low_losses)
+    drop = f32_losses[0] - f32_losses[-1]
+    assert drop > 0.1, f32_losses  # it learns, so the bound below means something
+    assert abs(low_losses[0] - f32_losses[0]) < 2e-3 * f32_losses[0], (low_losses, f32_losses)
+    gap = np.abs(low_losses - f32_losses).max() / drop
+    assert gap < 0.25, (gap, f32_losses, low_losses)
