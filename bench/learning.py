@@ -14,10 +14,10 @@ three systems on the same folds, WA and UA (percent, mean ± std over folds):
 
 The msjax runs use --ssl (a checkpoint directory or hub id for real results;
 `random:<preset>` runs offline with random weights, a smoke setting), --epochs with
-patience equal to it, and validate on held-out speakers. Sizes are flags, so a
+patience equal to it, Adam at --lr, and validate on held-out speakers. Sizes are flags, so a
 cheap setting (small images, small Bi-LSTM, random AlexNet) is one command line.
 
-    python bench/learning.py [--data DIR] [--ssl NAME] [--epochs N] [--image H W]
+    python bench/learning.py [--data DIR] [--ssl NAME] [--epochs N] [--lr LR] [--image H W]
         [--lstm-hidden N] [--alexnet-weights FILE] [--workdir DIR]
 """
 
@@ -45,6 +45,7 @@ def msjax_run(args: argparse.Namespace, workdir: Path, baseline: bool) -> tuple[
     config = emodb.get_config()
     config.data_dir = str(args.data)
     config.ssl.name = args.ssl
+    config.optim.learning_rate = args.lr
     config.optim.num_epochs = args.epochs
     config.optim.patience = args.epochs
     config.image_size = tuple(args.image)
@@ -102,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=EMODB)
     parser.add_argument("--ssl", default="random:tiny", help="SSL encoder for msjax runs")
     parser.add_argument("--epochs", type=int, default=10, help="msjax epoch budget per fold")
+    parser.add_argument("--lr", type=float, default=1e-5, help="Adam learning rate (paper: 1e-5)")
     parser.add_argument("--image", type=int, nargs=2, default=(256, 384))
     parser.add_argument("--lstm-hidden", type=int, default=256)
     parser.add_argument("--alexnet-weights", default="", help="ported ImageNet AlexNet (.npz)")
@@ -121,7 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         seconds = time.perf_counter() - start
         rows.append((system, was, uas, seconds))
     print(
-        f"EMODB {len(rows[0][1])}-fold LOSO; msjax: --ssl={args.ssl}, {args.epochs} epochs, "
+        f"EMODB {len(rows[0][1])}-fold LOSO; msjax: --ssl={args.ssl}, {args.epochs} epochs "
+        f"at lr {args.lr:g}, "
         f"image {args.image[0]}x{args.image[1]}, Bi-LSTM {args.lstm_hidden}, AlexNet "
         f"{'ImageNet' if args.alexnet_weights else 'random'}, seed {args.seed}"
     )
