@@ -10,10 +10,11 @@ torch's back the same way.
 
 Both sides run in float64 (torch, and JAX under `jax.enable_x64`), except what msjax
 keeps in float32 by design (the Bi-LSTM's state and gates, the adaptive pooling's
-averaging weights): logits and every gradient agree to 1e-6 of their scale (plus 1e-10 for gradients near zero), where a
-wiring mistake moves them by order 1e-1. The fine-tune test runs the transformers encoder inside the
-torch model and msjax's encoder (ported from it) inside msjax's, in float32 as
-the encoder's own parity tests do (1e-4 of scale).
+averaging weights): logits and every gradient agree to 1e-6 of their scale plus
+1e-10 (for gradients near zero), where a wiring mistake moves them by order 1e-1.
+The fine-tune test runs the transformers encoder inside the torch model and msjax's
+encoder (ported from it) inside msjax's, in float32 as the encoder's own parity
+tests do (1e-4 of scale).
 
 Shapes are small: 2 segments of 12 MFCC frames, a 96x128 image (a 2x3 AlexNet map,
 so the adaptive pooling's 6x6 cells differ and the flatten orders are really
