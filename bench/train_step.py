@@ -161,7 +161,6 @@ def setup_msjax(args: argparse.Namespace) -> tuple[Step, Callable[[], float], di
     from msjax.encoders import load_encoder
     from msjax.features import FeatureConfig
     from msjax.models.emoboost import dummy_batch
-    from msjax.models.ssl import SSLEncoder
     from msjax.train import setup
     from msjax.train.steps import create_state, make_mesh, make_steps
 
@@ -171,9 +170,6 @@ def setup_msjax(args: argparse.Namespace) -> tuple[Step, Callable[[], float], di
     encoder = load_encoder("random:base")
     if finetune:
         encoder = encoder.with_config(**FINETUNE_CONFIG)
-        # The encoder computes in its own dtype (float32 unless told), whatever its
-        # params were cast to; bf16 mixed precision needs it told.
-        encoder = dataclasses.replace(encoder, module=SSLEncoder(encoder.config, dtype=dtype))
     model = setup.build_model(MODEL_CONFIG, CLASSES, feature_cfg, encoder, finetune)
 
     init_batch = dummy_batch(model, feature_cfg, 1, IMAGE_SIZE)

@@ -77,7 +77,7 @@ class Encoder:
     def with_config(self, **changes: Any) -> Encoder:
         """The same weights under changed fine-tuning settings (masking, LayerDrop, ...)."""
         config = dataclasses.replace(self.config, **changes)
-        return dataclasses.replace(self, config=config, module=SSLEncoder(config))
+        return dataclasses.replace(self, config=config, module=self.module.clone(config=config))
 
 
 def load_encoder(name: str, *, seed: int = 0, extract_batch_size: int = 8) -> Encoder:

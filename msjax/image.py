@@ -9,9 +9,14 @@ ImageNet mean and std. `spec_to_image` is pure `jax.numpy`, so it runs inside th
 jitted training step on the accelerator.
 
 Differences from CM, on purpose: CM quantises the scaled image to uint8 before
-resizing (a side effect of going through PIL); here it stays float32. Segment
-padding (0 dB, the utterance maximum) is at or above every bin's maximum, so it
-maps to 1 whether or not padded segments took part in the fit (CM fits on them).
+resizing (a side effect of going through PIL); here it stays float32.
+
+Padded segments enter the fit, on purpose (CM fits on them too). Segment padding
+is the -top_db floor (msjax.features.segment), the value every spectrogram is
+clipped to, so it can only lower a bin's minimum to a level real silence reaches
+anyway, never raise or stretch a range; and it makes padding scale to exactly 0,
+the same black as silence, instead of to wherever the floor falls in a range
+fitted without it. Fitting on whole segments also needs no frame mask.
 """
 
 from __future__ import annotations
@@ -48,8 +53,8 @@ def fit_minmax(specs: Iterable[np.ndarray]) -> MinMaxStats:
     """Per-bin minimum and maximum over spectrograms of the training fold.
 
     Args:
-        specs: [F, T] log spectrograms (T may differ between them), e.g. whole
-            utterances from `msjax.features.utterance_features`.
+        specs: [F, T] log spectrograms (T may differ between them): the training
+            split's segments, padded ones included (see the module docstring).
 
     Returns:
         MinMaxStats with float32 [F] lo and hi.

@@ -1,6 +1,7 @@
-"""Shared helpers of the end-to-end tests: a tiny run configuration and one trained workdir.
+"""Shared test helpers: fast compilation, the real-data folder, a tiny run configuration
+and one trained workdir.
 
-Every run uses the embedded synthetic corpus at a tiny size (3 speakers, 2
+The end-to-end runs use the embedded synthetic corpus at a tiny size (3 speakers, 2
 utterances per emotion, 1 s segments, a tiny random encoder, small images) with
 2 stratified folds and 2 epochs, so a run takes well under a minute.
 """
@@ -10,9 +11,40 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Real corpora for the tests: ../shared/data beside the repository, or $MSJAX_TEST_DATA.
+TEST_DATA = Path(os.environ.get("MSJAX_TEST_DATA") or REPO.parent / "shared" / "data")
+
+
+def test_data(name: str) -> Path:
+    """The real corpus `name` under TEST_DATA. Missing, its tests skip with the place it
+    is expected, except under CI (CI=true), where a missing corpus fails them."""
+    path = TEST_DATA / name
+    if not path.is_dir():
+        message = f"{path} not found (set MSJAX_TEST_DATA to the folder holding {name}/)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def emodb_dir() -> Path:
+    """The real EMODB copy (see test_data)."""
+    return test_data("emodb")
+
+
+@pytest.fixture(scope="module")
+def fast_compile():
+    """Small models compile far longer than they run: skip most XLA optimisation passes
+    for the module (use with `pytestmark = pytest.mark.usefixtures("fast_compile")`)."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
 TINY = [
     "--config.synthetic.num_speakers=3",
     "--config.synthetic.utterances_per_emotion=2",

@@ -50,13 +50,7 @@ class _SSLConfig:
         return n
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compile():
-    """These tests check structure, not speed: skip most XLA optimisation passes."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 @pytest.fixture(scope="module")

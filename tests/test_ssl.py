@@ -6,6 +6,7 @@ Tiny random transformers models (PyTorch, CPU) are saved locally and loaded with
 
 import dataclasses
 import functools
+from pathlib import Path
 
 import flax
 import jax
@@ -16,6 +17,7 @@ import safetensors.numpy
 import torch
 import transformers
 
+from msjax.audio import load_audio
 from msjax.convert.hf import _convert, load_ssl, normalize_waveform
 from msjax.errors import CheckpointError
 from msjax.models.ssl import SSLConfig, SSLEncoder, _span_mask, grouped_conv_1d
@@ -36,15 +38,10 @@ VARIANTS = {
     "hubert-layer": (transformers.HubertConfig, transformers.HubertModel, "layer", True),
 }
 TOL = 1e-4
+EMODB = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-    """Tiny models compile far longer than they run; XLA's optimisations do not pay here."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def _torch_model(variant: str, seed: int = 0) -> torch.nn.Module:
@@ -131,14 +128,12 @@ def test_matches_pytorch(saved, variant):
             assert _max_diff(ours, theirs) < TOL
 
 
-def test_gradients_match_pytorch(saved):
-    """Backward parity for every parameter (the positional conv's own weight gradient too)."""
-    model, path = saved["wav2vec2-group"]
-    ssl = load_ssl(path)
-    rng = np.random.default_rng(8)
-    wav = rng.standard_normal((2, 4321)).astype(np.float32)
-    probe = rng.standard_normal((2, ssl.config.num_frames(4321), 32)).astype(np.float32)
-
+def _check_backward(model, ssl, path, wav: np.ndarray, rel: float) -> None:
+    """Forward output and every parameter's gradient of sum(last_hidden_state * probe)
+    against torch autograd, each within `rel` of max(1, its largest entry)."""
+    probe = np.random.default_rng(8).standard_normal(
+        (len(wav), ssl.config.num_frames(wav.shape[1]), ssl.config.hidden_size)
+    ).astype(np.float32)
     model.zero_grad()
     out = model(torch.from_numpy(wav)).last_hidden_state
     (out * torch.from_numpy(probe)).sum().backward()
@@ -149,16 +144,45 @@ def test_gradients_match_pytorch(saved):
     expected, _ = _convert(torch_grads, ssl.module, path)
 
     def loss(params):
-        return jnp.sum(ssl.module.apply({"params": params}, wav)["last_hidden_state"] * probe)
+        hidden = ssl.module.apply({"params": params}, wav)["last_hidden_state"]
+        return jnp.sum(hidden * probe), hidden
 
-    ours = flax.traverse_util.flatten_dict(jax.jit(jax.grad(loss))(ssl.params))
+    grads, hidden = jax.jit(jax.grad(loss, has_aux=True))(ssl.params)
+    want = out.detach().numpy()
+    assert _max_diff(hidden, want) < rel * max(1.0, float(np.abs(want).max()))
+    ours = flax.traverse_util.flatten_dict(grads)
     theirs = flax.traverse_util.flatten_dict(expected)
     assert ours.keys() == theirs.keys()
     assert np.abs(theirs[("encoder", "pos_conv_embed", "conv", "weight_v")]).max() > 0
     for name in ours:
-        # float32 sums over different orders: 1e-4 relative to the largest entry.
         scale = max(1.0, float(np.abs(theirs[name]).max()))
-        assert _max_diff(ours[name], theirs[name]) < 1e-4 * scale, name
+        assert _max_diff(ours[name], theirs[name]) < rel * scale, name
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_gradients_match_pytorch(saved, variant):
+    """Backward parity for every parameter (the positional conv's own weight gradient too),
+    for wav2vec2 and HuBERT, Base-style (group norm) and Large-style (layer norm, stable
+    layer norm); float32 sums in different orders: 1e-4 of scale."""
+    model, path = saved[variant]
+    wav = np.random.default_rng(8).standard_normal((2, 4321)).astype(np.float32)
+    _check_backward(model, load_ssl(path), path, wav, 1e-4)
+
+
+@pytest.mark.parametrize("variant", ["wav2vec2-group", "hubert-layer"])
+def test_optimised_xla_matches_pytorch_on_real_speech(saved, variant):
+    """Forward and backward on two EMODB clips (1 s each) with XLA's optimisations on,
+    as training runs them (the other tests here compile with most of them off)."""
+    clips = sorted((EMODB / "wav").glob("*.wav"))[:2]
+    wav = np.stack([load_audio(c)[:16000] for c in clips])
+    wav = np.asarray(normalize_waveform(wav), np.float32)
+    model, path = saved[variant]
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        _check_backward(model, load_ssl(path), path, wav, 1e-4)
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
 
 
 @pytest.mark.parametrize("kernel,groups,batch", [(16, 4, 3), (5, 2, 1), (128, 16, 2)])

@@ -62,17 +62,53 @@ def _dot_general(
     precision: Any = None,
     preferred_element_type: Any = None,
 ) -> jax.Array:
-    """lax.dot_general accumulating in float32 and returning the inputs' dtype.
+    """lax.dot_general accumulating in float32, returning `preferred_element_type` or
+    else the inputs' dtype.
 
     A no-op change for float32. For bfloat16 it is what GPUs do anyway, and on CPUs with
     bfloat16 matrix units it lets XLA use them: a bfloat16-output dot is computed far
-    more slowly there.
+    more slowly there. Its gradient dots take bfloat16 operands too (`_low_dot`).
     """
-    del preferred_element_type  # Always float32 accumulation.
+    dtype = jnp.result_type(lhs, rhs)
+    if dtype == jnp.float32:
+        return jax.lax.dot_general(
+            lhs, rhs, dimension_numbers, precision, preferred_element_type=preferred_element_type
+        )
+    out_dtype = jnp.dtype(preferred_element_type or dtype)
+    return _low_dot(lhs, rhs, dimension_numbers, precision, out_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _low_dot(
+    lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, precision: Any, out_dtype: Any
+) -> jax.Array:
+    """A low-precision dot with float32 accumulation whose backward stays low-precision.
+
+    Differentiating the float32-accumulating dot directly would give a float32
+    cotangent, and autodiff would upcast both gradient dots to float32: the backward
+    pass, two thirds of the work, would not be mixed precision. Here the cotangent is
+    cast to the operands' dtype first.
+    """
     out = jax.lax.dot_general(
         lhs, rhs, dimension_numbers, precision, preferred_element_type=jnp.float32
     )
-    return out.astype(jnp.result_type(lhs, rhs))
+    return out.astype(out_dtype)
+
+
+def _low_dot_fwd(lhs, rhs, dimension_numbers, precision, out_dtype):
+    return _low_dot(lhs, rhs, dimension_numbers, precision, out_dtype), (lhs, rhs)
+
+
+def _low_dot_bwd(dimension_numbers, precision, out_dtype, residuals, cotangent):
+    del out_dtype
+    lhs, rhs = residuals
+    _, vjp = jax.vjp(
+        lambda a, b: jax.lax.dot_general(a, b, dimension_numbers, precision), lhs, rhs
+    )
+    return vjp(cotangent.astype(jnp.result_type(lhs, rhs)))
+
+
+_low_dot.defvjp(_low_dot_fwd, _low_dot_bwd)
 
 
 def _dense(features: int, dtype: Dtype, name: str) -> nn.Dense:
@@ -484,7 +520,10 @@ class _Attention(nn.Module):
 
         q, k, v = proj("q_proj"), proj("k_proj"), proj("v_proj")
         f32 = jnp.float32
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k, preferred_element_type=f32)
+        logits = jnp.einsum(
+            "bqhd,bkhd->bhqk", q * head_dim**-0.5, k, preferred_element_type=f32,
+            _dot_general=_dot_general,
+        )
         # Softmax with the division moved after the value product: it then scales the
         # [B, H, T, head_dim] output instead of the [B, H, T, T] weights, and XLA keeps the
         # exponentials in one fused loop (about 4x faster on CPU at T = 149).
@@ -493,7 +532,9 @@ class _Attention(nn.Module):
         # Dropping weights before normalising equals dropping probabilities after it.
         weights = nn.Dropout(cfg.attention_dropout)(weights, deterministic=not train)
         weights = weights.astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bhqd", weights, v, preferred_element_type=f32)
+        out = jnp.einsum(
+            "bhqk,bkhd->bhqd", weights, v, preferred_element_type=f32, _dot_general=_dot_general
+        )
         out = (out * inverse_sum).astype(self.dtype)
         out = jnp.transpose(out, (0, 2, 1, 3)).reshape(batch, length, dim)
         return _dense(dim, self.dtype, "out_proj")(out)

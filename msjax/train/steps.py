@@ -83,10 +83,16 @@ def make_steps(
     Both are jitted once; batches are sharded over the mesh's "data" axis and
     the state is replicated, so the same code runs on one device or many.
     `compute_dtype=bfloat16` gives mixed precision: params and inputs are cast
-    inside the step, gradients flow back to the float32 master weights.
+    inside the step, an encoder inside the model computes in it too, and
+    gradients flow back to the float32 master weights.
     """
     replicated = NamedSharding(mesh, PartitionSpec())
     sharded = NamedSharding(mesh, PartitionSpec("data"))
+    encoder = getattr(model, "encoder", None)
+    if encoder is not None and encoder.dtype != compute_dtype:
+        # The encoder computes in its module's dtype whatever its params are cast to:
+        # a float32 module would cast bf16 params back up in every dense layer.
+        model = model.clone(encoder=encoder.clone(dtype=compute_dtype))
 
     def forward(params, batch, norm, *, train, rng=None):
         inputs = model_inputs(batch, norm, image_size, normalize_wav)
