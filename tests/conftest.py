@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 TEST_DATA = Path(os.environ.get("MSJAX_TEST_DATA") or REPO.parent / "shared" / "data")
 
 
-def test_data(name: str) -> Path:
+def shared_corpus(name: str) -> Path:
     """The real corpus `name` under TEST_DATA. Missing, its tests skip with the place it
     is expected, except under CI (CI=true), where a missing corpus fails them."""
     path = TEST_DATA / name
@@ -33,8 +33,8 @@ def test_data(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def emodb_dir() -> Path:
-    """The real EMODB copy (see test_data)."""
-    return test_data("emodb")
+    """The real EMODB copy (see shared_corpus)."""
+    return shared_corpus("emodb")
 
 
 @pytest.fixture(scope="module")

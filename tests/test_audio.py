@@ -1,6 +1,5 @@
 """Tests for msjax.audio: decoding, mixdown, resampling, errors, pre-emphasis."""
 
-from pathlib import Path
 
 import librosa
 import numpy as np
@@ -9,8 +8,6 @@ import soundfile as sf
 
 from msjax.audio import SAMPLE_RATE, load_audio, preemphasis
 from msjax.errors import AudioError, DataError
-
-EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
 
 
 def _tone(rate: int, seconds: float, freq: float = 440.0, channels: int = 1) -> np.ndarray:
@@ -63,8 +60,8 @@ def test_resample_to_other_rate(tmp_path):
     assert load_audio(path, sample_rate=8000).shape == (8000,)
 
 
-def test_real_emodb_file():
-    path = min((EMODB / "wav").glob("*.wav"))
+def test_real_emodb_file(emodb_dir):
+    path = min((emodb_dir / "wav").glob("*.wav"))
     wav = load_audio(path)
     assert wav.shape == (32000,)  # the copy here is 2.0 s at 22.05 kHz
     assert np.abs(wav).max() > 0.01

@@ -1,7 +1,6 @@
 """The real EMODB copy beside the repository (../shared/data/emodb): counts and LOSO folds."""
 
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -9,17 +8,15 @@ from msjax.data import load_dataset
 from msjax.data.emodb import EMOTIONS
 from msjax.data.folds import make_folds
 
-EMODB = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb"
-
 
 @pytest.fixture(scope="module")
-def dataset():
-    return load_dataset("emodb", EMODB)
+def dataset(emodb_dir):
+    return load_dataset("emodb", emodb_dir)
 
 
-def test_counts(dataset):
+def test_counts(dataset, emodb_dir):
     assert len(dataset) == 535
-    assert len(list((EMODB / "wav").glob("*.wav"))) == 535
+    assert len(list((emodb_dir / "wav").glob("*.wav"))) == 535
     assert dataset.speakers == ("03", "08", "09", "10", "11", "12", "13", "14", "15", "16")
     letters = Counter(u.uid[5] for u in dataset.utterances)
     assert letters == {"W": 127, "L": 81, "N": 79, "F": 71, "A": 69, "T": 62, "E": 46}

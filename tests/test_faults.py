@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 from absl import flags
-
 from conftest import REPO, TINY, ok, run
+
 from configs import synthetic
 from msjax import lock
 from msjax.audio import load_audio

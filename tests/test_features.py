@@ -11,7 +11,6 @@ from msjax.audio import load_audio, preemphasis
 from msjax.errors import UsageError
 from msjax.features import FeatureConfig
 
-EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
 CFG = FeatureConfig()
 
 
@@ -91,9 +90,10 @@ def test_spectrogram_range():
 
 
 @pytest.mark.parametrize("source", ["emodb", "noise", "silence", "short", "tone"])
-def test_matches_librosa(source):
+def test_matches_librosa(source, request):
     if source == "emodb":
-        raw = load_audio(sorted((EMODB / "wav").glob("*.wav"))[3])
+        emodb_dir = request.getfixturevalue("emodb_dir")
+        raw = load_audio(sorted((emodb_dir / "wav").glob("*.wav"))[3])
     elif source == "noise":
         raw = _noise(75000, seed=2)
     elif source == "silence":

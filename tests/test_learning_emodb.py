@@ -8,7 +8,6 @@ what the model can get without the speech-emotion link.
 """
 
 import dataclasses
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -27,14 +26,13 @@ from msjax.train.pipeline import FeatureStore
 from msjax.train.setup import data_sharding
 from msjax.train.steps import create_state, make_mesh, make_steps
 
-EMODB = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb"
 TRAIN, VAL, TEST = ("03", "08", "09"), ("10",), ("11",)
 IMAGE, EPOCHS, SEED = (64, 96), 30, 0
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    full = load_dataset("emodb", EMODB)
+def prepared(tmp_path_factory, emodb_dir):
+    full = load_dataset("emodb", emodb_dir)
     keep = set(TRAIN + VAL + TEST)
     utterances = tuple(u for u in full.utterances if u.speaker in keep)
     dataset = Dataset(full.name, full.labels, utterances)

@@ -18,8 +18,6 @@ from msjax.errors import DataError, UsageError
 from msjax.features import FeatureConfig
 from msjax.train.pipeline import FeatureStore
 
-EMODB = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb"
-
 
 def write_wav(path: Path, n: int = 320) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,10 +200,8 @@ def test_protocols_refuse_missing_fields(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def emodb_pair(tmp_path_factory):
-    if not EMODB.is_dir():
-        pytest.skip("the EMODB test copy is not present")
-    direct = emodb.load(EMODB)
+def emodb_pair(tmp_path_factory, emodb_dir):
+    direct = emodb.load(emodb_dir)
     path = tmp_path_factory.mktemp("m") / "emodb.csv"
     manifest.write(manifest.dataset_rows(direct, path.parent), path)
     return direct, manifest.load(path, labels=",".join(emodb.LABELS))

@@ -6,7 +6,6 @@ Tiny random transformers models (PyTorch, CPU) are saved locally and loaded with
 
 import dataclasses
 import functools
-from pathlib import Path
 
 import flax
 import jax
@@ -38,7 +37,6 @@ VARIANTS = {
     "hubert-layer": (transformers.HubertConfig, transformers.HubertModel, "layer", True),
 }
 TOL = 1e-4
-EMODB = Path(__file__).resolve().parents[2] / "shared" / "data" / "emodb"
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -170,10 +168,10 @@ def test_gradients_match_pytorch(saved, variant):
 
 
 @pytest.mark.parametrize("variant", ["wav2vec2-group", "hubert-layer"])
-def test_optimised_xla_matches_pytorch_on_real_speech(saved, variant):
+def test_optimised_xla_matches_pytorch_on_real_speech(saved, variant, emodb_dir):
     """Forward and backward on two EMODB clips (1 s each) with XLA's optimisations on,
     as training runs them (the other tests here compile with most of them off)."""
-    clips = sorted((EMODB / "wav").glob("*.wav"))[:2]
+    clips = sorted((emodb_dir / "wav").glob("*.wav"))[:2]
     wav = np.stack([load_audio(c)[:16000] for c in clips])
     wav = np.asarray(normalize_waveform(wav), np.float32)
     model, path = saved[variant]
