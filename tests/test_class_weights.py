@@ -5,11 +5,17 @@ import jax
 import numpy as np
 import pytest
 import torch
-from test_steps import TX, fresh, random_batch, tiny_model
+from test_steps import IMAGE, TX, fresh, random_batch, tiny_model
 
 from msjax.data.folds import Fold, class_weights
 from msjax.errors import UsageError
-from msjax.train.steps import create_state, masked_cross_entropy, row_weights
+from msjax.train.steps import (
+    create_state,
+    make_mesh,
+    make_steps,
+    masked_cross_entropy,
+    row_weights,
+)
 
 
 def fold_with(train_counts: dict) -> Fold:
@@ -47,7 +53,10 @@ def test_train_step_weights_rows_by_their_class():
     k = int(batch["label"][0])
     key = jax.random.key(2)
 
-    state, train_step, _ = fresh(model)
+    state = fresh(model)[0]
+    # Steps of its own: the weighted state is another signature, which must not show up
+    # in the cached steps whose traces test_steps counts.
+    train_step, _ = make_steps(model, TX, make_mesh(), image_size=IMAGE)
     host = jax.device_get(state)  # the step donates its state: the two runs need their own
     weighted = create_state(
         host["params"], TX, host["norm"], class_weights=np.eye(3, dtype=np.float32)[k]

@@ -69,7 +69,8 @@ def _train(prepared, tmp_path, shuffle: bool) -> float:
         batch_size=16, eval_batch_size=32, num_epochs=EPOCHS, patience=EPOCHS, seed=SEED,
         data_sharding=data_sharding(mesh), num_classes=len(dataset.labels),
     )
-    out = runner.run(tmp_path / ("shuffled" if shuffle else "true"), 0, state, splits, {})
+    metadata = {"labels": list(dataset.labels)}  # what a checkpoint must carry to be restored
+    out = runner.run(tmp_path / ("shuffled" if shuffle else "true"), 0, state, splits, metadata)
     return out["test"]["ua"]
 
 
