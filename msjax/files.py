@@ -34,3 +34,30 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], what: str) -> No
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+
+def write_once(path: Path, data: bytes, what: str) -> bytes | None:
+    """Creates `path` holding `data` unless it exists; returns None, or what is there.
+
+    The complete file is hard-linked into place, which fails when the name is taken:
+    of several processes creating one file at once exactly one succeeds, and no reader
+    ever sees a partial file.
+
+    Raises:
+      WriteError: as `atomic_write`.
+    """
+    path = Path(path)
+    with writing(path, what):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)
+        except FileExistsError:
+            return path.read_bytes()
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    return None

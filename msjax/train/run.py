@@ -32,12 +32,13 @@ from msjax.audio import wav_header_problem
 from msjax.cache import FeatureCache, audio_hash
 from msjax.convert.download import alexnet_weights_file
 from msjax.data import load_dataset, loader_options
-from msjax.data.folds import Fold, class_weights, make_folds, summarize_folds, write_folds_json
+from msjax.data.folds import Fold, class_weights, folds_to_dict, make_folds, summarize_folds
 from msjax.data.records import Dataset
 from msjax.data.synthetic import generate_corpus
 from msjax.encoders import Encoder, load_encoder
 from msjax.errors import DataError, UsageError, writing
 from msjax.features import FeatureConfig
+from msjax.files import write_once
 from msjax.image import fit_minmax
 from msjax.train import setup
 from msjax.train.loop import FoldRunner
@@ -108,16 +109,19 @@ def dry_run(config: ml_collections.ConfigDict, workdir: Path) -> str:
     return header + "\n" + summarize_folds(folds)
 
 
-def _check_workdir(config: ml_collections.ConfigDict, workdir: Path, inputs: dict) -> None:
-    """Refuses to mix runs of different configs or inputs in one workdir.
+def _check_workdir(
+    config: ml_collections.ConfigDict, workdir: Path, inputs: dict, folds: list[Fold]
+) -> None:
+    """Saves config.json, inputs.json and folds.json on a workdir's first run; refuses
+    a run (or a --fold job) whose config, inputs (from `run_inputs`) or folds differ.
 
-    `inputs` (from `run_inputs`) is saved at the run's start; a rerun or --resume
-    whose utterance list, audio or encoder differ is refused.
+    Each file is created once, whole (`write_once`): of fold jobs starting together,
+    one writes it and the others compare with it.
     """
     path = workdir / "config.json"
     current = json.loads(config.to_json_best_effort())
-    if path.exists():
-        previous = json.loads(path.read_text())
+    previous = _save_once(path, current, "the run config")
+    if previous is not None:
         changed = sorted(
             k for k in set(previous) | set(current)
             # A field added since the run started counts as unchanged.
@@ -129,18 +133,32 @@ def _check_workdir(config: ml_collections.ConfigDict, workdir: Path, inputs: dic
                 "use a new --workdir"
             )
     inputs_path = workdir / "inputs.json"
-    if inputs_path.exists():
-        previous = json.loads(inputs_path.read_text())
+    previous = _save_once(inputs_path, inputs, "the run inputs")
+    if previous is not None:
         changed = [_INPUTS[k] for k in _INPUTS if previous.get(k) != inputs[k]]
         if changed:
             raise UsageError(
                 f"{workdir}: {' and '.join(changed)} changed since the run started "
                 f"({inputs_path}); use a new --workdir"
             )
-    else:
-        report.write_json(inputs, inputs_path)
-    if not path.exists():
-        report.write_json(current, path)
+    folds_path = workdir / "folds.json"
+    current = json.loads(report.json_bytes(folds_to_dict(folds)))
+    previous = _save_once(folds_path, current, "the folds")
+    if previous is not None and previous != current:
+        raise UsageError(
+            f"{folds_path}: the run was started on different folds; use a new --workdir"
+        )
+
+
+def _save_once(path: Path, obj: dict, what: str) -> dict | None:
+    """Creates `path` holding `obj` as JSON; None, or the JSON already there."""
+    existing = write_once(path, report.json_bytes(obj), what)
+    if existing is None:
+        return None
+    try:
+        return json.loads(existing)
+    except ValueError as err:
+        raise DataError(f"{path}: not valid JSON ({err}); use a new --workdir") from None
 
 
 # What a run's results depend on besides its config, as `_check_workdir` names it.
@@ -202,9 +220,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             lock.check_free(workdir)
             with writing(workdir, "the run directory"):
                 workdir.mkdir(parents=True, exist_ok=True)
-        _check_workdir(config, workdir, inputs)
-        with writing(workdir / "folds.json", "the folds"):
-            write_folds_json(folds, workdir / "folds.json")
+        _check_workdir(config, workdir, inputs, folds)
         return _train_folds(config, workdir, dataset, folds, encoder, start)
 
 
