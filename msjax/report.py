@@ -236,6 +236,11 @@ def write_json(obj: Any, path: Path) -> None:
     _atomic_write(path, json_bytes(obj))
 
 
+def write_text(text: str, path: Path) -> None:
+    """Writes `text` to `path`, atomically."""
+    _atomic_write(path, text.encode())
+
+
 def json_bytes(obj: Any) -> bytes:
     """The bytes `write_json` writes for `obj`."""
     text = json.dumps(_jsonable(obj), indent=2, allow_nan=False, ensure_ascii=False)
