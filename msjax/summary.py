@@ -21,10 +21,9 @@ import numpy as np
 
 from msjax import ablation, report
 from msjax import metrics as M
+from msjax.ablation import SUMMARY_METRICS
 from msjax.data.folds import read_folds_json
 from msjax.errors import DataError, UsageError
-
-_METRICS = (("WA", "wa"), ("UA", "ua"), ("F1", "f1"))
 
 
 def run_seeds(config: Mapping) -> list[int]:
@@ -91,7 +90,7 @@ def write_summary(workdir: Path) -> tuple[dict, str]:
     labels = list(runs[0]["per_class_recall"])  # written in label order
     num_folds = len(read_folds_json(workdir / "folds.json"))
     pooled = np.sum([np.array(r["confusion"]) for r in runs], axis=0)
-    summary = {k: M.summarize([r[k] for r in runs]) for _, k in _METRICS}
+    summary = {k: M.summarize([r[k] for r in runs]) for _, k in SUMMARY_METRICS}
     results = {
         "dataset": runs[0].get("dataset", config["dataset"]),
         "labels": labels,
@@ -135,12 +134,12 @@ def _table(runs: list[dict], summary: dict) -> str:
     seeded = len({r.get("seed") for r in runs}) > 1
     rows = [
         {"fold": r["fold"], "seed": r.get("seed"), "test": ",".join(r["test_speakers"]) or "-",
-         **{name: 100 * r[k] for name, k in _METRICS}}
+         **{name: 100 * r[k] for name, k in SUMMARY_METRICS}}
         for r in runs
     ]
     rows.append({"fold": "mean ± std", "test": "", **{
-        name: (100 * summary[k][0], 100 * summary[k][1]) for name, k in _METRICS}})
-    columns = ["fold", *(["seed"] if seeded else []), "test", *(n for n, _ in _METRICS)]
+        name: (100 * summary[k][0], 100 * summary[k][1]) for name, k in SUMMARY_METRICS}})
+    columns = ["fold", *(["seed"] if seeded else []), "test", *(n for n, _ in SUMMARY_METRICS)]
     return report.format_table(rows, columns)
 
 
