@@ -49,13 +49,14 @@ def read_fold_results(run_dir: Path) -> list[dict]:
         except ValueError as e:
             raise DataError(f"{path}: not valid JSON ({e})") from None
         keys = ("fold", *(k for _, k in SUMMARY_METRICS))
-        if not isinstance(result, dict) or not all(_finite(result.get(k)) for k in keys):
+        if not isinstance(result, dict) or not all(is_finite_number(result.get(k)) for k in keys):
             raise DataError(f"{path}: not a fold result (needs finite {', '.join(keys)})")
         results.append(result)
     return results
 
 
-def _finite(value: object) -> bool:
+def is_finite_number(value: object) -> bool:
+    """An int or float (not a bool) that is finite: a metric as result.json holds it."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 

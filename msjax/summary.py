@@ -21,7 +21,7 @@ import numpy as np
 
 from msjax import ablation, report
 from msjax import metrics as M
-from msjax.ablation import SUMMARY_METRICS
+from msjax.ablation import SUMMARY_METRICS, is_finite_number
 from msjax.data.folds import read_folds_json
 from msjax.errors import DataError, UsageError
 
@@ -63,10 +63,21 @@ def finished_runs(workdir: Path) -> tuple[list[dict], list[str]]:
         for _, run_dir in run_dirs(workdir, fold.index, config):
             path = run_dir / "result.json"
             if path.exists():
-                done.append(read_json(path))
+                done.append(_fold_result(path))
             else:
                 missing.append(run_dir.relative_to(workdir).as_posix())
     return done, missing
+
+
+def _fold_result(path: Path) -> dict:
+    """A training's result.json, or a DataError naming what it lacks."""
+    result = read_json(path)
+    lacking = [k for k in ("fold", "test_speakers", "per_class_recall", "confusion")
+               if k not in result]
+    lacking += [k for _, k in SUMMARY_METRICS if not is_finite_number(result.get(k))]
+    if lacking:
+        raise DataError(f"{path}: not a fold result (lacks finite {', '.join(lacking)})")
+    return result
 
 
 def write_summary(workdir: Path) -> tuple[dict, str]:

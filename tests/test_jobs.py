@@ -70,6 +70,10 @@ def test_summarize_merges_finished_folds_and_names_missing_ones(trained, tmp_pat
     done = run("summarize", f"--workdir={tmp_path / 'nothing'}")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert "no run here" in done.stderr
+    (workdir / "fold_00" / "result.json").write_text('{"fold": 0, "ua": null}')
+    done = run("summarize", f"--workdir={workdir}")
+    assert done.returncode == 3 and done.stderr.count("\n") == 1, done.stderr
+    assert f"{workdir / 'fold_00' / 'result.json'}: not a fold result" in done.stderr
 
 
 def test_fold_job_with_another_config_or_folds_is_refused(trained, tmp_path):
