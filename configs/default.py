@@ -30,6 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
     # paper do; this inflates results and is only for reproducing them.
     config.validation = "heldout"
     config.seed = 0
+    # Trainings per fold, seeded seed, seed + 1, ... (the folds come from `seed` alone);
+    # results average over folds and seeds.
+    config.seeds = 1
 
     # Features (msjax.features.FeatureConfig fields).
     config.features = ml_collections.ConfigDict(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,14 @@ from msjax.errors import DataError
 from msjax.stats import PairedDifference, difference_summary
 
 REFERENCE = "full"
+# variant -> model overrides; each trains in <workdir>/<variant>/, in this order.
+VARIANTS = {
+    "full": {},
+    "no_attention": {"use_attention": False},
+    "no_mfcc": {"use_mfcc": False},
+    "no_spectrogram": {"use_spectrogram": False},
+    "baseline": {"baseline": True},
+}
 # Table column -> result.json key, for mean ± std over folds and for paired differences.
 SUMMARY_METRICS = (("WA", "wa"), ("UA", "ua"), ("F1", "f1"))
 PAIRED_METRICS = (("UA", "ua"), ("WA", "wa"))
@@ -29,21 +38,25 @@ _P_FIELDS = (("p (t)", "t_pvalue"), ("p (W)", "wilcoxon_pvalue"))
 
 
 def read_fold_results(run_dir: Path) -> list[dict]:
-    """The result.json of every finished fold under `run_dir`, in fold order."""
+    """The result.json of every finished fold (and seed: msjax.summary) under `run_dir`,
+    in fold order."""
+    run_dir = Path(run_dir)
+    paths = [*run_dir.glob("fold_*/result.json"), *run_dir.glob("fold_*/seed_*/result.json")]
     results = []
-    for path in sorted(Path(run_dir).glob("fold_*/result.json")):
+    for path in sorted(paths):
         try:
             result = json.loads(path.read_text())
         except ValueError as e:
             raise DataError(f"{path}: not valid JSON ({e})") from None
         keys = ("fold", *(k for _, k in SUMMARY_METRICS))
-        if not isinstance(result, dict) or not all(_finite(result.get(k)) for k in keys):
+        if not isinstance(result, dict) or not all(is_finite_number(result.get(k)) for k in keys):
             raise DataError(f"{path}: not a fold result (needs finite {', '.join(keys)})")
         results.append(result)
     return results
 
 
-def _finite(value: object) -> bool:
+def is_finite_number(value: object) -> bool:
+    """An int or float (not a bool) that is finite: a metric as result.json holds it."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -119,18 +132,19 @@ def ablation_table(rows: Sequence[Mapping]) -> str:
 def write_ablation(rows: Sequence[Mapping], workdir: Path) -> str:
     """Writes ablation.txt, ablation.csv and ablation.json; returns the table."""
     table = ablation_table(rows)
-    (workdir / "ablation.txt").write_text(table + "\n")
+    report.write_text(table + "\n", workdir / "ablation.txt")
     fields = [field.name for field in dataclasses.fields(PairedDifference)]
     header = ["variant", *(f"{key}_{s}" for _, key in SUMMARY_METRICS for s in ("mean", "std"))]
     header += ["folds"]
     header += [f"{key}_diff_{f}" for _, key in PAIRED_METRICS for f in fields]
-    with open(workdir / "ablation.csv", "w", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(header)
-        for row in rows:
-            paired = row.get("paired", {})
-            summary = [v for name, _ in SUMMARY_METRICS for v in row[name]]
-            diffs = [paired[m][k] if paired else "" for m, _ in PAIRED_METRICS for k in fields]
-            writer.writerow([row["variant"], *summary, row["folds"], *diffs])
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    for row in rows:
+        paired = row.get("paired", {})
+        summary = [v for name, _ in SUMMARY_METRICS for v in row[name]]
+        diffs = [paired[m][k] if paired else "" for m, _ in PAIRED_METRICS for k in fields]
+        writer.writerow([row["variant"], *summary, row["folds"], *diffs])
+    report.write_text(out.getvalue(), workdir / "ablation.csv")
     report.write_json(rows, workdir / "ablation.json")
     return table

@@ -23,14 +23,47 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None], what: str) -> No
     """
     path = Path(path)
     with writing(path, what):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = _complete_temporary(path, write)
         try:
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
+
+
+def write_once(path: Path, data: bytes, what: str) -> bytes | None:
+    """Creates `path` holding `data` unless it exists; returns None, or what is there.
+
+    The complete file is hard-linked into place, which fails when the name is taken:
+    of several processes creating one file at once exactly one succeeds, and no reader
+    ever sees a partial file. The filesystem must support hard links (POSIX ones do).
+
+    Raises:
+      WriteError: as `atomic_write`.
+    """
+    path = Path(path)
+    with writing(path, what):
+        tmp = _complete_temporary(path, lambda f: f.write(data))
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return path.read_bytes()
+        finally:
+            tmp.unlink(missing_ok=True)
+    return None
+
+
+def _complete_temporary(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """A fsynced hidden file beside `path` (a unique name per writer) holding what
+    `write(f)` wrote; removed again when writing fails."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)

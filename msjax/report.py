@@ -233,8 +233,18 @@ def write_json(obj: Any, path: Path) -> None:
     numpy scalars and arrays, tuples and paths are converted; non-finite floats
     become null, so the file is strict JSON.
     """
+    _atomic_write(path, json_bytes(obj))
+
+
+def write_text(text: str, path: Path) -> None:
+    """Writes `text` to `path`, atomically."""
+    _atomic_write(path, text.encode())
+
+
+def json_bytes(obj: Any) -> bytes:
+    """The bytes `write_json` writes for `obj`."""
     text = json.dumps(_jsonable(obj), indent=2, allow_nan=False, ensure_ascii=False)
-    _atomic_write(path, (text + "\n").encode())
+    return (text + "\n").encode()
 
 
 def environment_info(repo: Path | None = None) -> dict[str, Any]:

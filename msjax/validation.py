@@ -89,6 +89,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise UsageError(f"--fold={value!r}: must be a fold index >= 0")
     _int(config, "seed", 0, 2**32 - 1)
+    if "seeds" in config:  # configs saved before the field train one seed per fold
+        _int(config, "seeds", 1, 2**32 - config.seed)
+        if config.seeds > 1 and config.tsne:
+            raise UsageError("--tsne plots one training per fold; drop it or use --seeds=1")
     _int(config, "feature_workers", 0)
     size = tuple(config.image_size)
     if len(size) != 2 or not all(

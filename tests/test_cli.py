@@ -180,6 +180,14 @@ def test_ablate_compares_variants_under_the_same_folds(tmp_path):
     models = [json.loads((tmp_path / v / "config.json").read_text())["model"] for v in variants]
     assert models[0]["use_attention"] and not models[1]["use_attention"]
     assert "no_attention" in done.stdout
+    # bin/summarize rebuilds the same ablation files from the variants' folds.
+    names = ("ablation.txt", "ablation.csv", "ablation.json")
+    written = {name: (tmp_path / name).read_bytes() for name in names}
+    for name in names:
+        (tmp_path / name).unlink()
+    ok(run("summarize", f"--workdir={tmp_path}"))
+    for name in names:
+        assert (tmp_path / name).read_bytes() == written[name], name
 
 
 def test_dry_run_prints_folds_and_trains_nothing(tmp_path):

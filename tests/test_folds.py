@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from msjax import report
 from msjax.data.folds import (
     check_fold,
+    folds_to_dict,
     make_folds,
     read_folds_json,
     summarize_folds,
-    write_folds_json,
 )
 from msjax.data.records import Dataset, Utterance
 from msjax.errors import DataError, UsageError
@@ -180,7 +181,7 @@ def test_check_fold_catches_leaks(emodb_like):
 def test_folds_json_round_trip(tmp_path, emodb_like):
     folds = make_folds(emodb_like, "loso", seed=2)
     path = tmp_path / "run" / "folds.json"
-    write_folds_json(folds, path)
+    report.write_json(folds_to_dict(folds), path)
     data = json.loads(path.read_text())
     assert data["protocol"] == "loso" and data["validation"] == "heldout"
     assert data["num_folds"] == 10

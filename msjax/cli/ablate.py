@@ -8,6 +8,7 @@
 Each variant trains in <workdir>/<variant>/ sharing one feature cache; the
 comparison (paper Tables 3-4) goes to ablation.txt, ablation.csv and ablation.json,
 with each variant's per-fold paired difference from the full model (msjax/ablation.py).
+`--fold=k` jobs train fold k of each variant; bin/summarize then merges them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import copy
 
 from absl import flags
 
+from msjax.ablation import VARIANTS
 from msjax.cli import common
 
 common.define_run_flags()
@@ -24,15 +26,6 @@ flags.DEFINE_bool("no_mfcc", False, "Spectrogram guidance only.")
 flags.DEFINE_bool("no_spectrogram", False, "MFCC guidance only.")
 flags.DEFINE_bool("baseline", False, "No guidance: SSL features mean-pooled.")
 FLAGS = flags.FLAGS
-
-# variant -> model overrides.
-VARIANTS = {
-    "full": {},
-    "no_attention": {"use_attention": False},
-    "no_mfcc": {"use_mfcc": False},
-    "no_spectrogram": {"use_spectrogram": False},
-    "baseline": {"baseline": True},
-}
 
 
 def selected_variants() -> list[str]:

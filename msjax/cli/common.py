@@ -56,6 +56,9 @@ def define_run_flags() -> None:
     flags.DEFINE_integer("fold", None, "Run this fold only (folds as separate jobs).")
     flags.DEFINE_string("workdir", None, "Run directory (default runs/<dataset>).")
     flags.DEFINE_integer("seed", None, "Seed for folds, shuffling, initialisation, dropout.")
+    flags.DEFINE_integer(
+        "seeds", None, "Trainings per fold, seeded --seed, --seed + 1, ... (same folds)."
+    )
     flags.DEFINE_string("ssl", None, "SSL encoder: hub id, local directory or random:<preset>.")
     flags.DEFINE_bool("finetune_ssl", None, "Fine-tune the SSL encoder inside the model.")
     flags.DEFINE_bool("no_cache", False, "Neither read nor write the feature cache.")
@@ -91,6 +94,7 @@ def resolved_config() -> ml_collections.ConfigDict:
     with config.unlocked():
         plain = {
             "data_dir": "data_dir", "folds": "num_folds", "fold": "fold", "seed": "seed",
+            "seeds": "seeds",
             "allow_count_mismatch": "allow_count_mismatch", "allow_damaged": "allow_damaged",
         }
         for flag, field in plain.items():

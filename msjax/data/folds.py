@@ -29,8 +29,6 @@ protocols) and together covering the dataset; a violation raises DataError.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -390,7 +388,7 @@ def check_fold(fold: Fold, dataset: Dataset) -> None:
 
 
 def folds_to_dict(folds: Sequence[Fold]) -> dict:
-    """A JSON-ready description of `folds` (what `write_folds_json` writes)."""
+    """A JSON-ready description of `folds` (the run's folds.json)."""
     return {
         "protocol": folds[0].protocol if folds else None,
         "validation": folds[0].validation if folds else None,
@@ -412,25 +410,8 @@ def folds_to_dict(folds: Sequence[Fold]) -> dict:
     }
 
 
-def write_folds_json(folds: Sequence[Fold], path: Path) -> None:
-    """Writes every fold's membership (uids, speakers, per-split class counts) to `path`.
-
-    The file is written atomically (temporary file, then rename); parent folders are created.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(folds_to_dict(folds), f, indent=1)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def read_folds_json(path: Path) -> list[Fold]:
-    """Reads folds written by `write_folds_json` (e.g. to resume a run on the same splits).
+    """Reads a folds.json (`folds_to_dict` as JSON), e.g. to resume a run on the same splits.
 
     Raises:
         DataError: the file is missing or not a folds file.

@@ -31,6 +31,7 @@ from msjax.data import emodb
 from msjax.data.layout import check_counts, layout_error
 from msjax.data.records import Dataset
 from msjax.errors import UsageError
+from msjax.files import atomic_write
 
 SAMPLE_RATE = 16000
 MANIFEST = "synthetic.json"
@@ -266,7 +267,13 @@ def generate_corpus(
             (wav_dir / name).unlink(missing_ok=True)
     wav_dir.mkdir(parents=True, exist_ok=True)
     for name, (s, t, e) in names.items():
-        sf.write(wav_dir / name, synthesize(seed, s, t, e), SAMPLE_RATE, subtype="PCM_16")
+        # Whole files only: jobs generating one corpus at once write the same bytes.
+        wav = synthesize(seed, s, t, e)
+        atomic_write(
+            wav_dir / name,
+            lambda f, wav=wav: sf.write(f, wav, SAMPLE_RATE, subtype="PCM_16", format="WAV"),
+            "the synthetic corpus",
+        )
     _write_json(root / MANIFEST, {"config": config, "files": sorted(names)})
     return root
 

@@ -6,6 +6,7 @@ Loads the dataset, writes the folds, fills the feature cache, trains each fold
   workdir/config.json        the resolved config
   workdir/folds.json         every fold's membership and class counts
   workdir/fold_XX/           checkpoints, result.json, predictions.csv, confusion.csv
+                             (in fold_XX/seed_<seed>/ with config.seeds > 1: msjax.summary)
   workdir/results.json       protocol, seeds, versions, per-fold and mean ± std metrics
   workdir/confusion.{csv,png}  pooled over the test folds
   workdir/tsne_{plain,enhanced}.png  on request (config.tsne)
@@ -32,13 +33,15 @@ from msjax.audio import wav_header_problem
 from msjax.cache import FeatureCache, audio_hash
 from msjax.convert.download import alexnet_weights_file
 from msjax.data import load_dataset, loader_options
-from msjax.data.folds import Fold, class_weights, make_folds, summarize_folds, write_folds_json
+from msjax.data.folds import Fold, class_weights, folds_to_dict, make_folds, summarize_folds
 from msjax.data.records import Dataset
 from msjax.data.synthetic import generate_corpus
 from msjax.encoders import Encoder, load_encoder
 from msjax.errors import DataError, UsageError, writing
 from msjax.features import FeatureConfig
+from msjax.files import write_once
 from msjax.image import fit_minmax
+from msjax.summary import finished_runs, run_dirs, write_summary
 from msjax.train import setup
 from msjax.train.loop import FoldRunner
 from msjax.train.pipeline import FeatureStore, cache_root, limit_malloc_arenas
@@ -108,16 +111,19 @@ def dry_run(config: ml_collections.ConfigDict, workdir: Path) -> str:
     return header + "\n" + summarize_folds(folds)
 
 
-def _check_workdir(config: ml_collections.ConfigDict, workdir: Path, inputs: dict) -> None:
-    """Refuses to mix runs of different configs or inputs in one workdir.
+def _check_workdir(
+    config: ml_collections.ConfigDict, workdir: Path, inputs: dict, folds: list[Fold]
+) -> None:
+    """Saves config.json, inputs.json and folds.json on a workdir's first run; refuses
+    a run (or a --fold job) whose config, inputs (from `run_inputs`) or folds differ.
 
-    `inputs` (from `run_inputs`) is saved at the run's start; a rerun or --resume
-    whose utterance list, audio or encoder differ is refused.
+    Each file is created once, whole (`write_once`): of fold jobs starting together,
+    one writes it and the others compare with it.
     """
     path = workdir / "config.json"
     current = json.loads(config.to_json_best_effort())
-    if path.exists():
-        previous = json.loads(path.read_text())
+    previous = _save_once(path, current, "the run config")
+    if previous is not None:
         changed = sorted(
             k for k in set(previous) | set(current)
             # A field added since the run started counts as unchanged.
@@ -129,18 +135,32 @@ def _check_workdir(config: ml_collections.ConfigDict, workdir: Path, inputs: dic
                 "use a new --workdir"
             )
     inputs_path = workdir / "inputs.json"
-    if inputs_path.exists():
-        previous = json.loads(inputs_path.read_text())
+    previous = _save_once(inputs_path, inputs, "the run inputs")
+    if previous is not None:
         changed = [_INPUTS[k] for k in _INPUTS if previous.get(k) != inputs[k]]
         if changed:
             raise UsageError(
                 f"{workdir}: {' and '.join(changed)} changed since the run started "
                 f"({inputs_path}); use a new --workdir"
             )
-    else:
-        report.write_json(inputs, inputs_path)
-    if not path.exists():
-        report.write_json(current, path)
+    folds_path = workdir / "folds.json"
+    current = json.loads(report.json_bytes(folds_to_dict(folds)))
+    previous = _save_once(folds_path, current, "the folds")
+    if previous is not None and previous != current:
+        raise UsageError(
+            f"{folds_path}: the run was started on different folds; use a new --workdir"
+        )
+
+
+def _save_once(path: Path, obj: dict, what: str) -> dict | None:
+    """Creates `path` holding `obj` as JSON; None, or the JSON already there."""
+    existing = write_once(path, report.json_bytes(obj), what)
+    if existing is None:
+        return None
+    try:
+        return json.loads(existing)
+    except ValueError as err:
+        raise DataError(f"{path}: not valid JSON ({err}); use a new --workdir") from None
 
 
 # What a run's results depend on besides its config, as `_check_workdir` names it.
@@ -202,9 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             lock.check_free(workdir)
             with writing(workdir, "the run directory"):
                 workdir.mkdir(parents=True, exist_ok=True)
-        _check_workdir(config, workdir, inputs)
-        with writing(workdir / "folds.json", "the folds"):
-            write_folds_json(folds, workdir / "folds.json")
+        _check_workdir(config, workdir, inputs, folds)
         return _train_folds(config, workdir, dataset, folds, encoder, start)
 
 
@@ -249,30 +267,47 @@ def _train_folds(config, workdir: Path, dataset: Dataset, folds, encoder, start:
     )
     run_folds = folds if config.fold < 0 else [folds[config.fold]]
     for fold in run_folds:
-        fold_dir = workdir / f"fold_{fold.index:02d}"
-        if (fold_dir / "result.json").exists():
-            continue
-        with lock.hold(fold_dir):
-            params = setup.init_params(config, model, feature_cfg, encoder, fold.index)
-            metadata = setup.checkpoint_metadata(config, dataset, feature_cfg, encoder, fold)
-            weights = class_weights(fold, _class_weights(config))
-            result = run_fold(
-                runner, fold_dir, fold, entries, params, tx, metadata, labels, weights
+        for seed, run_dir in run_dirs(workdir, fold.index, config):
+            if (run_dir / "result.json").exists():
+                continue
+            with lock.hold(run_dir):
+                params = setup.init_params(
+                    _with_seed(config, seed), model, feature_cfg, encoder, fold.index
+                )
+                metadata = setup.checkpoint_metadata(config, dataset, feature_cfg, encoder, fold)
+                weights = class_weights(fold, _class_weights(config))
+                result = run_fold(
+                    dataclasses.replace(runner, seed=seed), run_dir, fold, entries, params, tx,
+                    metadata, labels, weights,
+                )
+            log.info(
+                "fold %d seed %d (test %s): WA %.4f UA %.4f F1 %.4f, best epoch %d",
+                fold.index, seed, ",".join(fold.test_speakers) or "-", result["wa"],
+                result["ua"], result["f1"], result["best_epoch"],
             )
+    _, missing = finished_runs(workdir)
+    if missing:
         log.info(
-            "fold %d (test %s): WA %.4f UA %.4f F1 %.4f, best epoch %d",
-            fold.index, ",".join(fold.test_speakers) or "-", result["wa"], result["ua"],
-            result["f1"], result["best_epoch"],
+            "%s not finished yet; results.json is written when all are (or by bin/summarize)",
+            ", ".join(missing),
         )
-    done = [workdir / f"fold_{f.index:02d}" / "result.json" for f in folds]
-    if not all(p.exists() for p in done):
-        missing = [f.index for f, p in zip(folds, done) if not p.exists()]
-        log.info("folds %s not finished yet; results.json is written when all are", missing)
         return {}
-    results = summarize_run(config, workdir, dataset, folds, time.time() - start)
+    results, table = write_summary(workdir)
+    print(table, flush=True)
+    log.info("run took %.0f s", time.time() - start)
     if config.tsne:
         write_tsne(config, workdir, dataset, folds, entries, store, encoder)
     return results
+
+
+def _with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    """`config` initialising the head with `seed` (the folds and a random encoder keep
+    config.seed)."""
+    if seed == config.seed:
+        return config
+    seeded = ml_collections.ConfigDict(config.to_dict())
+    seeded.seed = seed
+    return seeded
 
 
 def run_fold(
@@ -288,6 +323,7 @@ def run_fold(
 ) -> dict:
     """Trains and tests one fold (loss weighted per class by `weights` [C] if given);
     writes and returns its result.json content."""
+    start = time.time()
     fold_dir.mkdir(parents=True, exist_ok=True)
     splits = {name: [entries[u] for u in fold.split(name)] for name in ("train", "val", "test")}
     specs = (s for e in splits["train"] for s in runner.store.load(e, ["acoustic"])["spec"])
@@ -299,6 +335,8 @@ def run_fold(
     report.write_confusion_csv(test["cm"], labels, fold_dir / "confusion.csv")
     result = {
         "fold": fold.index,
+        "seed": runner.seed,
+        "dataset": metadata["dataset"],
         "test_speakers": list(fold.test_speakers),
         "val_speakers": list(fold.val_speakers),
         "best_epoch": loop["best_epoch"],
@@ -310,6 +348,7 @@ def run_fold(
         "per_class_recall": dict(zip(labels, M.per_class_recall(test["cm"]).tolist())),
         "confusion": test["cm"].tolist(),
         "history": loop["history"],
+        "seconds": time.time() - start,
     }
     report.write_json(result, fold_dir / "result.json")
     return result
@@ -324,55 +363,3 @@ def _write_predictions(path: Path, test: dict, labels) -> None:
         writer.writerow(["uid", "label", "prediction", *[f"p_{name}" for name in labels]])
         for uid, label, p in zip(test["uids"], test["labels"], probs):
             writer.writerow([uid, labels[label], labels[int(p.argmax())], *np.round(p, 6)])
-
-
-def summarize_run(config, workdir: Path, dataset: Dataset, folds, seconds: float) -> dict:
-    """Writes results.json, the pooled confusion matrix and prints the final table."""
-    per_fold = [
-        json.loads((workdir / f"fold_{f.index:02d}" / "result.json").read_text()) for f in folds
-    ]
-    pooled = np.sum([np.array(r["confusion"]) for r in per_fold], axis=0)
-    summary = {k: M.summarize([r[k] for r in per_fold]) for k in ("wa", "ua", "f1")}
-    results = {
-        "dataset": dataset.name,
-        "labels": list(dataset.labels),
-        "protocol": config.protocol,
-        "validation": config.validation,
-        "num_folds": len(folds),
-        "seed": config.seed,
-        "ssl": config.ssl.name,
-        "finetune_ssl": config.ssl.finetune,
-        "model": config.model.to_dict(),
-        "folds": [
-            {k: r[k] for k in ("fold", "test_speakers", "best_epoch", "wa", "ua", "f1",
-                               "per_class_recall")}
-            for r in per_fold
-        ],
-        "mean": {k: v[0] for k, v in summary.items()},
-        "std": {k: v[1] for k, v in summary.items()},
-        "pooled": {
-            "wa": M.weighted_accuracy(pooled),
-            "ua": M.unweighted_accuracy(pooled),
-            "f1": M.macro_f1(pooled),
-            "per_class_recall": dict(zip(dataset.labels, M.per_class_recall(pooled).tolist())),
-            "confusion": pooled.tolist(),
-        },
-        "seconds": seconds,
-        "environment": report.environment_info(Path(__file__).resolve().parents[2]),
-    }
-    report.write_json(results, workdir / "results.json")
-    report.write_confusion_csv(pooled, dataset.labels, workdir / "confusion.csv")
-    report.plot_confusion_png(
-        pooled, dataset.labels, workdir / "confusion.png",
-        title=f"MS-EmoBoost on {dataset.name} ({len(folds)} folds)",
-    )
-    rows = [
-        {"fold": r["fold"], "test": ",".join(r["test_speakers"]) or "-",
-         "WA": 100 * r["wa"], "UA": 100 * r["ua"], "F1": 100 * r["f1"]}
-        for r in per_fold
-    ]
-    rows.append({"fold": "mean ± std", "test": "", **{
-        name: (100 * summary[k][0], 100 * summary[k][1])
-        for name, k in (("WA", "wa"), ("UA", "ua"), ("F1", "f1"))}})
-    print(report.format_table(rows, ["fold", "test", "WA", "UA", "F1"]), flush=True)
-    return results

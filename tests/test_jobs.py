@@ -1,0 +1,144 @@
+"""Fold and seed jobs on one workdir: write-once run files, bin/summarize, --seeds
+(tiny runs; see conftest.py)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import REPO, TINY, ok, run
+
+from msjax.files import write_once
+
+_REPORTS = ("results.json", "confusion.csv", "confusion.png")
+
+
+def _result(run_dir: Path) -> dict:
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def _without_seconds(results: dict) -> dict:
+    """results.json minus the one field that is a measured time."""
+    return {k: v for k, v in results.items() if k != "seconds"}
+
+
+def test_write_once_has_one_winner(tmp_path):
+    path = tmp_path / "config.json"
+    got = {}
+
+    def write(k):
+        got[k] = write_once(path, f"writer {k}\n".encode() * 1000, "the test file")
+
+    writers = [threading.Thread(target=write, args=(k,)) for k in range(8)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    winners = [k for k, existing in got.items() if existing is None]
+    assert len(winners) == 1
+    content = path.read_bytes()
+    assert content == f"writer {winners[0]}\n".encode() * 1000
+    assert all(existing == content for existing in got.values() if existing is not None)
+    assert os.listdir(tmp_path) == ["config.json"]  # no temporary file left
+
+
+def test_summarize_rewrites_the_whole_runs_reports_byte_for_byte(trained, tmp_path):
+    workdir = shutil.copytree(trained, tmp_path / "run")
+    for name in _REPORTS:
+        (workdir / name).unlink()
+    done = ok(run("summarize", f"--workdir={workdir}"))
+    assert "2 trainings, all finished" in done.stdout
+    for name in _REPORTS:
+        assert (workdir / name).read_bytes() == (trained / name).read_bytes(), name
+
+
+def test_summarize_merges_finished_folds_and_names_missing_ones(trained, tmp_path):
+    workdir = shutil.copytree(trained, tmp_path / "run")
+    shutil.rmtree(workdir / "fold_01")
+    done = ok(run("summarize", f"--workdir={workdir}"))
+    assert "missing fold_01" in done.stdout
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["missing"] == ["fold_01"] and results["num_folds"] == 2
+    assert [f["fold"] for f in results["folds"]] == [0]
+    assert results["mean"]["ua"] == _result(trained / "fold_00")["ua"]
+    assert results["std"]["ua"] == 0.0
+
+    done = run("summarize", f"--workdir={tmp_path / 'nothing'}")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "no run here" in done.stderr
+    (workdir / "fold_00" / "result.json").write_text('{"fold": 0, "ua": null}')
+    done = run("summarize", f"--workdir={workdir}")
+    assert done.returncode == 3 and done.stderr.count("\n") == 1, done.stderr
+    assert f"{workdir / 'fold_00' / 'result.json'}: not a fold result" in done.stderr
+
+
+def test_fold_job_with_another_config_or_folds_is_refused(trained, tmp_path):
+    workdir = shutil.copytree(trained, tmp_path / "run")
+    shutil.rmtree(workdir / "fold_01")
+    done = run("train", f"--workdir={workdir}", *TINY, "--fold=1",
+               "--config.optim.learning_rate=0.5")
+    assert done.returncode == 2 and "optim differ" in done.stderr, done.stderr
+    folds = json.loads((workdir / "folds.json").read_text())
+    first = folds["folds"][1]
+    first["train"]["uids"][0], first["test"]["uids"][0] = (
+        first["test"]["uids"][0], first["train"]["uids"][0])
+    (workdir / "folds.json").write_text(json.dumps(folds))
+    done = run("train", f"--workdir={workdir}", *TINY, "--fold=1")
+    assert done.returncode == 2, done.stderr
+    assert f"{workdir / 'folds.json'}: the run was started on different folds" in done.stderr
+    assert not (workdir / "fold_01").exists()
+
+
+@pytest.mark.slow  # two fold trainings side by side on the CI's two cores
+def test_two_fold_jobs_at_once_then_summarize_match_the_sequential_run(trained, tmp_path):
+    """Both jobs generate the synthetic corpus and fill the feature cache of one
+    workdir at the same time."""
+    workdir = tmp_path / "run"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, str(REPO / "bin" / "train"), f"--workdir={workdir}", *TINY,
+             f"--fold={k}"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        for k in (0, 1)
+    ]
+    for job in jobs:
+        _, err = job.communicate(timeout=600)
+        assert job.returncode == 0, err[-4000:]
+    # Whichever job finished last wrote the summary; bin/summarize writes the same.
+    written = {name: (workdir / name).read_bytes() for name in _REPORTS}
+    ok(run("summarize", f"--workdir={workdir}"))
+    for name in _REPORTS:
+        assert (workdir / name).read_bytes() == written[name], name
+
+    results = json.loads((workdir / "results.json").read_text())
+    sequential = json.loads((trained / "results.json").read_text())
+    assert _without_seconds(results) == _without_seconds(sequential)
+    assert (workdir / "confusion.csv").read_bytes() == (trained / "confusion.csv").read_bytes()
+    for fold in ("fold_00", "fold_01"):
+        assert _result(workdir / fold)["history"] == _result(trained / fold)["history"]
+    assert not list(workdir.rglob(".*.tmp"))
+
+
+@pytest.mark.slow  # two trainings of one fold
+def test_seeds_train_each_fold_per_seed_and_average_over_them(trained, tmp_path):
+    workdir = tmp_path / "run"
+    ok(run("train", f"--workdir={workdir}", *TINY, "--fold=0", "--seeds=2",
+           f"--config.data_dir={trained / 'corpus'}", f"--config.cache_dir={trained / 'cache'}"))
+    runs = [_result(workdir / "fold_00" / f"seed_{s}") for s in (0, 1)]
+    assert [r["seed"] for r in runs] == [0, 1]
+    # Seed 0 is the base seed: the same training as the one-seed run.
+    assert runs[0]["history"] == _result(trained / "fold_00")["history"]
+    assert runs[1]["history"] != runs[0]["history"]
+    done = ok(run("summarize", f"--workdir={workdir}"))
+    assert "missing fold_01/seed_0, fold_01/seed_1" in done.stdout
+    results = json.loads((workdir / "results.json").read_text())
+    assert results["seeds"] == [0, 1]
+    assert [(f["fold"], f["seed"]) for f in results["folds"]] == [(0, 0), (0, 1)]
+    mean = sum(r["ua"] for r in runs) / 2
+    assert abs(results["mean"]["ua"] - mean) < 1e-12
