@@ -12,7 +12,7 @@ cross-entropy loss and an Adam update. Two workloads (`--mode`):
             LayerDrop, frozen conv feature extractor, as configs/default.py); batch 4.
 
   msjax    the training code itself: `msjax.train.steps.make_steps` (jitted, state
-           donated) on the model `msjax.train.setup.build_model` builds, and a state
+           donated) on the model `msjax.inference.build_model` builds, and a state
            from `create_state`; `--dtype=bfloat16` is its mixed precision (bf16
            compute, f32 master weights).
   PyTorch  the same network written below with torch.nn (torchvision's AlexNet layers,
@@ -160,6 +160,7 @@ def setup_msjax(args: argparse.Namespace) -> tuple[Step, Callable[[], float], di
 
     from msjax.encoders import load_encoder
     from msjax.features import FeatureConfig
+    from msjax.inference import build_model, wav_normalizer
     from msjax.models.emoboost import dummy_batch
     from msjax.train import setup
     from msjax.train.steps import create_state, make_mesh, make_steps
@@ -170,7 +171,7 @@ def setup_msjax(args: argparse.Namespace) -> tuple[Step, Callable[[], float], di
     encoder = load_encoder("random:base")
     if finetune:
         encoder = encoder.with_config(**FINETUNE_CONFIG)
-    model = setup.build_model(MODEL_CONFIG, CLASSES, feature_cfg, encoder, finetune)
+    model = build_model(MODEL_CONFIG, CLASSES, feature_cfg, encoder, finetune)
 
     init_batch = dummy_batch(model, feature_cfg, 1, IMAGE_SIZE)
     init = jax.jit(lambda rng, b: model.init(rng, b, train=False)["params"])
@@ -182,7 +183,7 @@ def setup_msjax(args: argparse.Namespace) -> tuple[Step, Callable[[], float], di
     tx = optax.adam(LEARNING_RATE)
     train_step, _ = make_steps(
         model, tx, mesh, image_size=IMAGE_SIZE,
-        normalize_wav=setup.wav_normalizer(encoder) if finetune else None,
+        normalize_wav=wav_normalizer(encoder, finetune),
         compute_dtype=dtype,
     )
     state = create_state(params, tx, _norm_stats())
