@@ -21,8 +21,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from msjax.convert.hf import normalize_waveform
-from msjax.encoders import Encoder
+from msjax.encoders import Encoder, normalize_waveform
 from msjax.features import FeatureConfig
 from msjax.image import spec_to_image
 from msjax.metrics import log_softmax

@@ -68,8 +68,8 @@ class Predictor:
             fields = {k: tuple(v) if isinstance(v, list) else v for k, v in ssl["config"].items()}
             config = SSLConfig(**fields)
             return Encoder(
-                ssl["name"], SSLEncoder(config), params["encoder"], config, ssl["normalize"],
-                ssl["identity"],
+                ssl["name"], SSLEncoder(config), params["encoder"], config,
+                normalize=ssl["normalize"], identity=ssl["identity"],
             )
         encoder = load_encoder(ssl["name"], seed=ssl["seed"])
         if encoder.identity != ssl["identity"]:
