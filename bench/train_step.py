@@ -47,23 +47,16 @@ What limits it. A cached step at batch 32 is about 0.44 TFLOP of matmuls and
 convolutions (AlexNet on 256x384 images 56%, the Bi-LSTM 28%, the MFCC attention 14%);
 a fine-tuning step at batch 4 about 0.45 TFLOP (the encoder's transformer, forward and
 backward, 75%; its frozen conv feature extractor 13%). Both frameworks run these on
-vendor kernels at a similar rate, so on a 2-core CPU either step is compute bound at
-several seconds, and the ratio is decided kernel by kernel. Measured apart (forward
-and backward, batch 32, 2 cores, 2026-12-01): AlexNet msjax 1.51 s vs PyTorch 1.36 s
-(forward alone 0.46 vs 0.48 s; msjax took 2.43 s while XLA ran its convolutions
-through YNNPACK, see msjax/runtime.py; XLA's own convolution kernels are within about
-10% of oneDNN's layer by layer), the Bi-LSTM 0.93 s on both sides, the MFCC attention
-0.33 vs 0.37 s (msjax computes its scores with one projection instead of two, see
-msjax/models/attention.py; the PyTorch network below computes Q and K as the paper
-writes them).
+vendor kernels at a similar rate, so on a CPU either step is compute bound and the
+ratio is decided kernel by kernel.
 
 The Bi-LSTM is the part bound by latency rather than FLOPs: its 2 layers x 300
 timesteps (600 forward, 600 backward) run one after another, each a small
-[2, B, 256] x [256, 1024] matmul plus elementwise gates. In msjax that matmul takes
-about 0.2 ms per timestep (both directions) forward and the same backward, and a
-whole timestep, gates included, about 0.9 ms forward and backward together; XLA
-runs the gate arithmetic as a dozen small kernels. At small batch on a CPU, and on
-a GPU at any batch, this loop sets the floor of the step time.
+[2, B, 256] x [256, 1024] matmul plus elementwise gates, which XLA runs as a dozen
+small kernels. At small batch on a CPU, and on a GPU at any batch, this loop sets the
+floor of the step time.
+
+Measured figures, dated, with the machine: bench/RESULTS.md.
 """
 
 from __future__ import annotations
