@@ -50,23 +50,7 @@ What limits it
     framework's large-matmul rate (2048^3, best of 5) as the practical ceiling and prints
     the achieved rate against it.
 
-    Results there, at quiet moments (load average 1.2-1.7 from other jobs), two float32
-    runs: msjax 1.16-1.21 s per batch (6.6-6.9 segments/s, 280-292 GFLOP/s, 80-89 % of
-    XLA's 330-349 GFLOP/s matmul rate), PyTorch 1.37-1.39 s (5.8 segments/s, 244-247
-    GFLOP/s, 55-57 % of its 433-441): msjax/PyTorch 1.13x and 1.20x, max difference 6.7e-6.
-    msjax is ahead on the conv feature extractor (about 1.4x: XLA's convolutions, and the
-    first layer's GroupNorm folded into a single pass) and behind on the transformer
-    layers, 62 % of the work, where XLA's float32 matmul kernels reach about 80 % of
-    PyTorch's (its BLAS) rate. With --dtype bfloat16 the matmuls run on the CPU's bfloat16
-    units with float32 accumulation: 0.82 s per batch, 1.69x PyTorch's float32, max
-    difference 0.07. When other jobs load the cores PyTorch slows down far more than XLA
-    (3.8 s instead of 1.4 s per batch at load average 4-5), so compare runs by their load
-    averages.
-
-    Later runs on the same machine, with msjax's XLA defaults (msjax/runtime.py) and the
-    machine in a slower state (2048^3 matmul at 201-206 GFLOP/s for XLA, 154-159 for
-    PyTorch): msjax 1.94-1.97 s per batch, PyTorch 2.58-2.80 s: 1.33x and 1.42x
-    (medians), max difference 7.6e-6. With MSJAX_XLA_DEFAULTS=0 in between: 1.33x.
+    Measured figures, dated, with the machine: bench/RESULTS.md.
 """
 
 from __future__ import annotations

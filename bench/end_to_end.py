@@ -74,7 +74,8 @@ def child(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(REPO))
     start = time.perf_counter()
     from configs import emodb
-    from msjax.train import checkpoint, pipeline, run
+    from msjax import checkpoint
+    from msjax.train import pipeline, run
 
     config = emodb.get_config()
     with config.unlocked():

@@ -12,7 +12,7 @@ cross-entropy loss and an Adam update. Two workloads (`--mode`):
             LayerDrop, frozen conv feature extractor, as configs/default.py); batch 4.
 
   msjax    the training code itself: `msjax.train.steps.make_steps` (jitted, state
-           donated) on the model `msjax.train.setup.build_model` builds, and a state
+           donated) on the model `msjax.inference.build_model` builds, and a state
            from `create_state`; `--dtype=bfloat16` is its mixed precision (bf16
            compute, f32 master weights).
   PyTorch  the same network written below with torch.nn (torchvision's AlexNet layers,
@@ -47,23 +47,16 @@ What limits it. A cached step at batch 32 is about 0.44 TFLOP of matmuls and
 convolutions (AlexNet on 256x384 images 56%, the Bi-LSTM 28%, the MFCC attention 14%);
 a fine-tuning step at batch 4 about 0.45 TFLOP (the encoder's transformer, forward and
 backward, 75%; its frozen conv feature extractor 13%). Both frameworks run these on
-vendor kernels at a similar rate, so on a 2-core CPU either step is compute bound at
-several seconds, and the ratio is decided kernel by kernel. Measured apart (forward
-and backward, batch 32, 2 cores, 2026-12-01): AlexNet msjax 1.51 s vs PyTorch 1.36 s
-(forward alone 0.46 vs 0.48 s; msjax took 2.43 s while XLA ran its convolutions
-through YNNPACK, see msjax/runtime.py; XLA's own convolution kernels are within about
-10% of oneDNN's layer by layer), the Bi-LSTM 0.93 s on both sides, the MFCC attention
-0.33 vs 0.37 s (msjax computes its scores with one projection instead of two, see
-msjax/models/attention.py; the PyTorch network below computes Q and K as the paper
-writes them).
+vendor kernels at a similar rate, so on a CPU either step is compute bound and the
+ratio is decided kernel by kernel.
 
 The Bi-LSTM is the part bound by latency rather than FLOPs: its 2 layers x 300
 timesteps (600 forward, 600 backward) run one after another, each a small
-[2, B, 256] x [256, 1024] matmul plus elementwise gates. In msjax that matmul takes
-about 0.2 ms per timestep (both directions) forward and the same backward, and a
-whole timestep, gates included, about 0.9 ms forward and backward together; XLA
-runs the gate arithmetic as a dozen small kernels. At small batch on a CPU, and on
-a GPU at any batch, this loop sets the floor of the step time.
+[2, B, 256] x [256, 1024] matmul plus elementwise gates, which XLA runs as a dozen
+small kernels. At small batch on a CPU, and on a GPU at any batch, this loop sets the
+floor of the step time.
+
+Measured figures, dated, with the machine: bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -160,6 +153,7 @@ def setup_msjax(args: argparse.Namespace) -> tuple[Step, Callable[[], float], di
 
     from msjax.encoders import load_encoder
     from msjax.features import FeatureConfig
+    from msjax.inference import build_model, wav_normalizer
     from msjax.models.emoboost import dummy_batch
     from msjax.train import setup
     from msjax.train.steps import create_state, make_mesh, make_steps
@@ -170,7 +164,7 @@ def setup_msjax(args: argparse.Namespace) -> tuple[Step, Callable[[], float], di
     encoder = load_encoder("random:base")
     if finetune:
         encoder = encoder.with_config(**FINETUNE_CONFIG)
-    model = setup.build_model(MODEL_CONFIG, CLASSES, feature_cfg, encoder, finetune)
+    model = build_model(MODEL_CONFIG, CLASSES, feature_cfg, encoder, finetune)
 
     init_batch = dummy_batch(model, feature_cfg, 1, IMAGE_SIZE)
     init = jax.jit(lambda rng, b: model.init(rng, b, train=False)["params"])
@@ -182,7 +176,7 @@ def setup_msjax(args: argparse.Namespace) -> tuple[Step, Callable[[], float], di
     tx = optax.adam(LEARNING_RATE)
     train_step, _ = make_steps(
         model, tx, mesh, image_size=IMAGE_SIZE,
-        normalize_wav=setup.wav_normalizer(encoder) if finetune else None,
+        normalize_wav=wav_normalizer(encoder, finetune),
         compute_dtype=dtype,
     )
     state = create_state(params, tx, _norm_stats())

@@ -3,8 +3,9 @@
 `load_encoder("facebook/wav2vec2-base")` or `load_encoder("/path/to/checkpoint")`
 loads real weights (msjax.convert.hf). `load_encoder("random:tiny")` builds a
 seeded random-init encoder of a preset size: no download, for smoke runs, tests
-and benchmarks. Either way the result knows its identity (the feature cache key)
-and extracts frozen features in jitted fixed-size batches.
+and benchmarks. Either way the result is an `Encoder`: the Flax module with its
+weights, its identity (the feature cache key) and `features`, the frozen last
+hidden state [B, N] -> [B, F, D].
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from msjax.cache import params_hash
-from msjax.convert.hf import load_ssl, normalize_waveform
 from msjax.errors import UsageError
 from msjax.models.ssl import SSLConfig, SSLEncoder
 
@@ -41,15 +41,33 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def normalize_waveform(wav: jax.Array) -> jax.Array:
+    """Zero mean, unit variance per segment, as transformers' feature extractor does.
+
+    Args:
+        wav: [B, N] waveforms.
+
+    Returns:
+        [B, N] float32: (wav - mean) / sqrt(var + 1e-7), statistics over N.
+    """
+    wav = jnp.asarray(wav, jnp.float32)
+    mean = jnp.mean(wav, axis=-1, keepdims=True)
+    var = jnp.var(wav, axis=-1, keepdims=True)
+    return (wav - mean) / jnp.sqrt(var + 1e-7)
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Encoder:
-    """A loaded SSL encoder.
+    """A loaded SSL encoder, ready for `module.apply({"params": params}, wav)`.
 
     Attributes:
       name: what it was loaded from (hub id, directory or random:<preset>).
-      module / params / config: the Flax encoder and its weights.
-      normalize: whether waveforms are normalised to zero mean, unit variance first.
-      identity: a stable hash of the architecture and weights (cache key part).
+      module / params / config: the Flax encoder, its float32 weights and its config
+        (the checkpoint's plus any overrides).
+      normalize: whether waveforms go through `normalize_waveform` first.
+      identity: sha256 of what fixes the output for a given waveform (architecture,
+        weights, normalisation, compute dtype); stable across runs, a cache key.
+      sampling_rate: the rate the checkpoint expects (Hz).
       extract_batch_size: segments per jitted frozen-feature batch.
     """
 
@@ -59,6 +77,7 @@ class Encoder:
     config: SSLConfig
     normalize: bool
     identity: str
+    sampling_rate: int = 16000
     extract_batch_size: int = 8
 
     @functools.cached_property
@@ -100,9 +119,11 @@ def load_encoder(name: str, *, seed: int = 0, extract_batch_size: int = 8) -> En
         params = jax.jit(module.init)(jax.random.key(seed), wav)["params"]
         blob = json.dumps(dataclasses.asdict(config), sort_keys=True)
         identity = hashlib.sha256(f"{blob}:{params_hash(params)}".encode()).hexdigest()
-        return Encoder(name, module, params, config, True, identity, extract_batch_size)
-    loaded = load_ssl(name)
-    return Encoder(
-        name, loaded.module, loaded.params, loaded.config, loaded.normalize, loaded.identity,
-        extract_batch_size,
-    )
+        return Encoder(
+            name, module, params, config, normalize=True, identity=identity,
+            extract_batch_size=extract_batch_size,
+        )
+    # Imported here: msjax.convert.hf builds Encoders, so it imports this module.
+    from msjax.convert.hf import load_ssl
+
+    return dataclasses.replace(load_ssl(name), extract_batch_size=extract_batch_size)

@@ -11,7 +11,8 @@ Conventions (the paper's, and CM's):
 * Macro F1 averages per-class F1 over the classes that occur in y_true or in y_pred
   (scikit-learn's default): a class that is predicted but never true scores F1 = 0,
   a class that is neither true nor predicted is left out.
-* An utterance's prediction is the mean of its segments' log-softmax.
+* The items are utterances, each predicted from the mean of its segments'
+  log-softmax (msjax.inference.utterance_predictions).
 """
 
 from __future__ import annotations
@@ -85,40 +86,6 @@ def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     logits = np.asarray(logits, dtype=np.float64)
     shifted = logits - logits.max(axis=axis, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
-
-
-def utterance_predictions(
-    segment_logprobs: np.ndarray, utterance_ids: Sequence[str] | Sequence[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Averages segment log-probabilities into one row per utterance.
-
-    Args:
-        segment_logprobs: [S, C] log-softmax of each segment's logits.
-        utterance_ids: [S] the utterance each segment was cut from (str or int).
-            An utterance's segments need not be contiguous.
-
-    Returns:
-        (utt_ids [U], mean_logprobs [U, C]): utterances in order of first
-        appearance, each with the mean of its segments' log-probabilities. The
-        predicted class is `mean_logprobs.argmax(-1)`.
-    """
-    logprobs = np.asarray(segment_logprobs, dtype=np.float64)
-    ids = np.asarray(utterance_ids)
-    if logprobs.ndim != 2 or ids.shape != (logprobs.shape[0],):
-        raise ValueError(
-            f"expected segment_logprobs [S, C] and utterance_ids [S], got "
-            f"{logprobs.shape} and {ids.shape}"
-        )
-    unique, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-    # np.unique sorts; renumber the utterances by where each first appears.
-    order = np.argsort(first, kind="stable")
-    rank = np.empty_like(order)
-    rank[order] = np.arange(order.size)
-    slot = rank[inverse.reshape(-1)]
-    sums = np.zeros((unique.size, logprobs.shape[1]))
-    np.add.at(sums, slot, logprobs)
-    counts = np.bincount(slot, minlength=unique.size)
-    return unique[order], sums / counts[:, None]
 
 
 def summarize(values: Sequence[float]) -> tuple[float, float]:

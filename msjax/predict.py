@@ -21,14 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msjax import checkpoint, inference
 from msjax.audio import load_audio, wav_header_problem
-from msjax.convert.hf import normalize_waveform
 from msjax.encoders import Encoder, load_encoder
 from msjax.errors import AudioError, CheckpointError, DataError, UsageError, writing
 from msjax.features import FeatureConfig, segment, utterance_features
 from msjax.models.ssl import SSLConfig, SSLEncoder
-from msjax.train import checkpoint, setup
-from msjax.train.steps import model_inputs
 
 # Suffixes of audio files a folder is searched for; libsndfile decodes the first
 # ones, the others get an error row.
@@ -48,21 +46,21 @@ class Predictor:
         self.feature_cfg = FeatureConfig(**meta["features"])
         variables = checkpoint.restore_best(best_dir, None)
         self.encoder = self._encoder(meta["ssl"], variables["params"])
-        model = setup.build_model(
-            meta["model"], len(self.labels), self.feature_cfg, self.encoder,
-            meta["ssl"]["finetune"],
+        finetune = meta["ssl"]["finetune"]
+        model = inference.build_model(
+            meta["model"], len(self.labels), self.feature_cfg, self.encoder, finetune
         )
         self.variables = jax.tree.map(jnp.asarray, variables)
         image_size = tuple(meta["image_size"])
-        normalize = normalize_waveform if meta["ssl"]["finetune"] and self.encoder.normalize \
-            else None
+        normalize_wav = inference.wav_normalizer(self.encoder, finetune)
 
-        def logprobs(variables, batch):
-            inputs = model_inputs(batch, variables["norm"], image_size, normalize)
-            logits = model.apply({"params": variables["params"]}, inputs, train=False)
-            return jax.nn.log_softmax(logits)
+        def log_probs(variables, batch):
+            return inference.log_probs(
+                model, variables["params"], batch, variables["norm"], image_size=image_size,
+                normalize_wav=normalize_wav,
+            )
 
-        self._logprobs = jax.jit(logprobs)
+        self._log_probs = jax.jit(log_probs)
 
     @staticmethod
     def _encoder(ssl: dict, params: dict) -> Encoder:
@@ -70,8 +68,8 @@ class Predictor:
             fields = {k: tuple(v) if isinstance(v, list) else v for k, v in ssl["config"].items()}
             config = SSLConfig(**fields)
             return Encoder(
-                ssl["name"], SSLEncoder(config), params["encoder"], config, ssl["normalize"],
-                ssl["identity"],
+                ssl["name"], SSLEncoder(config), params["encoder"], config,
+                normalize=ssl["normalize"], identity=ssl["identity"],
             )
         encoder = load_encoder(ssl["name"], seed=ssl["seed"])
         if encoder.identity != ssl["identity"]:
@@ -82,7 +80,8 @@ class Predictor:
         return encoder
 
     def predict_file(self, path: Path) -> np.ndarray:
-        """Mean segment log-probabilities of one file. Returns [C]."""
+        """Mean segment log-probabilities of one file, as training's evaluation pools
+        them. Returns [C]."""
         wav = load_audio(path, self.feature_cfg.sample_rate)
         segs = segment(wav, utterance_features(wav, self.feature_cfg), self.feature_cfg)
         batch = {"mfcc": segs.mfcc, "spec": segs.spec}
@@ -90,7 +89,9 @@ class Predictor:
             batch["wav"] = segs.wav
         else:
             batch["ssl"] = np.asarray(self.encoder.features(segs.wav))
-        return np.asarray(self._logprobs(self.variables, batch)).mean(0)
+        segment_logprobs = np.asarray(self._log_probs(self.variables, batch))
+        _, mean = inference.utterance_predictions(segment_logprobs, [0] * len(segment_logprobs))
+        return mean[0]
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -129,7 +130,7 @@ def predict(predictor: Predictor, paths: Sequence[Path]) -> Iterator[dict]:
         if not np.isfinite(logprobs).all():
             yield {"path": str(path), "status": "error", "error": f"{path}: non-finite output"}
             continue
-        probs = np.exp(logprobs - np.logaddexp.reduce(logprobs))
+        probs = inference.probabilities(logprobs)
         record = {
             "path": str(path),
             "status": "warning" if problem else "ok",

@@ -5,9 +5,9 @@ so these only take effect if msjax is imported before the first JAX computation 
 every bin/ command and bench/ script does). They change speed, never results.
 
 On a CPU, JAX 0.10 hands convolutions to YNNPACK by default. For the convolutions of
-this model, XLA's own (Eigen) kernels are 1.5-3x faster, forward and backward
-(AlexNet's training step on a 32 x 256 x 384 batch: 2.27 s -> 1.53 s on 2 cores);
-matrix products stay with YNNPACK, which is faster for them. GPU runs ignore the flag.
+this model, XLA's own (Eigen) kernels are faster, forward and backward (measured in
+bench/RESULTS.md); matrix products stay with YNNPACK, which is faster for them. GPU
+runs ignore the flag.
 
 Opting out: set MSJAX_XLA_DEFAULTS=0, or set the flag yourself in XLA_FLAGS (a
 flag already there is never overridden).

@@ -32,7 +32,7 @@ import transformers
 from torch import nn
 from torch.nn import functional as F
 
-from msjax import metrics
+from msjax import inference
 from msjax.convert.hf import _convert
 from msjax.models.emoboost import MSEmoBoost
 from msjax.models.ssl import SSLConfig, SSLEncoder
@@ -354,7 +354,7 @@ def test_utterance_pooling_is_mean_segment_log_softmax():
     """Segments of three utterances, interleaved: msjax.metrics against a direct sum."""
     logits = np.random.default_rng(5).standard_normal((6, CLASSES)) * 3
     uids = ["b", "a", "b", "c", "a", "b"]
-    got_ids, got = metrics.utterance_predictions(np.asarray(jax.nn.log_softmax(logits)), uids)
+    got_ids, got = inference.utterance_predictions(np.asarray(jax.nn.log_softmax(logits)), uids)
     assert list(got_ids) == ["b", "a", "c"]
     for i, uid in enumerate(got_ids):
         rows = [r for r, u in enumerate(uids) if u == uid]

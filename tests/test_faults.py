@@ -21,11 +21,10 @@ from absl import flags
 from conftest import REPO, TINY, ok, run
 
 from configs import synthetic
-from msjax import lock
+from msjax import checkpoint, lock
 from msjax.audio import load_audio
 from msjax.cache import FeatureCache
 from msjax.errors import AudioError, CheckpointError, UsageError, WriteError
-from msjax.train import checkpoint
 from msjax.validation import check_config
 
 FLAGS = flags.FLAGS

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from msjax import metrics
+from msjax import inference, metrics
 
 # Three classes, rows = true. Supports 4, 2, 4; correct 3 + 1 + 3 = 7 of 10.
 CM3 = np.array(
@@ -106,7 +106,7 @@ def test_utterance_predictions_average_segments_in_first_appearance_order():
             ]
         )
     )
-    ids, mean = metrics.utterance_predictions(logprobs, ["b", "a", "b", "c", "b"])
+    ids, mean = inference.utterance_predictions(logprobs, ["b", "a", "b", "c", "b"])
     assert ids.tolist() == ["b", "a", "c"]
     # Mean of log-probs, not log of mean probs: b's first column is
     # (ln 0.2 + ln 0.6 + ln 0.4) / 3 = ln(0.048) / 3.
@@ -124,11 +124,11 @@ def test_utterance_predictions_average_segments_in_first_appearance_order():
 
 def test_utterance_predictions_with_int_ids():
     logprobs = np.array([[-1.0, -2.0], [-3.0, -4.0], [-5.0, -6.0]])
-    ids, mean = metrics.utterance_predictions(logprobs, [7, 3, 7])
+    ids, mean = inference.utterance_predictions(logprobs, [7, 3, 7])
     assert ids.tolist() == [7, 3]
     np.testing.assert_allclose(mean, [[-3.0, -4.0], [-3.0, -4.0]])
     with pytest.raises(ValueError, match=r"\[S, C\]"):
-        metrics.utterance_predictions(logprobs, [7, 3])
+        inference.utterance_predictions(logprobs, [7, 3])
 
 
 def test_log_softmax_normalises_rows():

@@ -13,8 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from msjax.convert.hf import normalize_waveform
-from msjax.encoders import load_encoder
+from msjax.encoders import load_encoder, normalize_waveform
 from msjax.models.emoboost import MSEmoBoost
 from msjax.train.steps import create_state, make_mesh, make_steps
 

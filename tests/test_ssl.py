@@ -17,7 +17,8 @@ import torch
 import transformers
 
 from msjax.audio import load_audio
-from msjax.convert.hf import _convert, load_ssl, normalize_waveform
+from msjax.convert.hf import _convert, load_ssl
+from msjax.encoders import normalize_waveform
 from msjax.errors import CheckpointError
 from msjax.models.ssl import SSLConfig, SSLEncoder, _span_mask, grouped_conv_1d
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msjax.encoders import Encoder
 from msjax.errors import CheckpointError
 from msjax.models.ssl import SSLConfig, SSLEncoder
 
@@ -64,49 +65,12 @@ _HUB_FILES = [
 _MAX_LISTED = 8
 
 
-@dataclasses.dataclass(frozen=True)
-class SSLModel:
-    """A loaded encoder, ready for `module.apply({"params": params}, wav)`.
-
-    Attributes:
-        module: the Flax encoder.
-        params: its parameter tree (float32).
-        config: the encoder config (checkpoint config plus any overrides).
-        normalize: whether waveforms must go through `normalize_waveform` first.
-        identity: sha256 over the checkpoint's encoder config, its encoder tensors, the
-            normalisation flag and the compute dtype; stable across runs, a cache key.
-        sampling_rate: the rate the checkpoint expects (Hz).
-    """
-
-    module: SSLEncoder
-    params: Any
-    config: SSLConfig
-    normalize: bool
-    identity: str
-    sampling_rate: int = 16000
-
-
-def normalize_waveform(wav: jax.Array) -> jax.Array:
-    """Zero mean, unit variance per segment, as transformers' feature extractor does.
-
-    Args:
-        wav: [B, N] waveforms.
-
-    Returns:
-        [B, N] float32: (wav - mean) / sqrt(var + 1e-7), statistics over N.
-    """
-    wav = jnp.asarray(wav, jnp.float32)
-    mean = jnp.mean(wav, axis=-1, keepdims=True)
-    var = jnp.var(wav, axis=-1, keepdims=True)
-    return (wav - mean) / jnp.sqrt(var + 1e-7)
-
-
 def load_ssl(
     name_or_path: str | os.PathLike,
     *,
     dtype: Any = jnp.float32,
     overrides: Mapping[str, Any] | None = None,
-) -> SSLModel:
+) -> Encoder:
     """Loads a wav2vec2/HuBERT checkpoint from a directory or the local hub cache.
 
     Args:
@@ -118,7 +82,7 @@ def load_ssl(
             "freeze_feature_encoder": True}.
 
     Returns:
-        The loaded `SSLModel`.
+        The loaded `msjax.encoders.Encoder`, named `name_or_path`.
 
     Raises:
         CheckpointError: missing files, an unsupported config, or tensors that do not
@@ -136,7 +100,10 @@ def load_ssl(
     module = SSLEncoder(config, dtype=dtype)
     params, used = _convert(tensors, module, source)
     identity = _identity(file_config, normalize, dtype, used)
-    return SSLModel(module, params, config, normalize, identity, sampling_rate)
+    return Encoder(
+        name=str(name_or_path), module=module, params=params, config=config,
+        normalize=normalize, identity=identity, sampling_rate=sampling_rate,
+    )
 
 
 def _resolve(name: str) -> Path:

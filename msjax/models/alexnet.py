@@ -18,7 +18,7 @@ Convolutions are XLA's, gradients by autodiff. On a CPU they run fastest through
 XLA's own (Eigen) convolution kernels rather than YNNPACK's, which is the
 setting `msjax.runtime` applies on import. Max pooling is written as elementwise maxima of
 strided slices (`max_pool`): XLA's reduce-window pooling and its select-and-scatter
-gradient are slower on a CPU (AlexNet's training step 15% slower).
+gradient are slower on a CPU (bench/RESULTS.md).
 """
 
 import functools

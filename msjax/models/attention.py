@@ -15,8 +15,8 @@ is the same for every key, so with Q = X Wq + bq and K = X Wk + bk,
                                                           u = Wk bq / sqrt(d),
 
 and bk drops out (its gradient is zero either way). A costs d^3 multiply-adds once
-per step, the key projection it replaces B N d^2: the MFCC attention's training pass
-at batch 32 is about 20% faster. The parameters are the paper's Q, K, V layers.
+per step, the key projection it replaces B N d^2 (timings: bench/RESULTS.md). The
+parameters are the paper's Q, K, V layers.
 """
 
 import math

@@ -21,7 +21,7 @@ How it is computed (the layer is latency bound on a CPU, so layout matters):
   multiplies by the recurrent kernels transposed once, before it starts.
 - The loops write in place: the forward one turns the projections into the gates,
   the backward one the gates into their gradients, in the same [T, B, 4H] buffers,
-  instead of filling fresh zeroed outputs (the Bi-LSTM's training pass 7% faster).
+  instead of filling fresh zeroed outputs (timings: bench/RESULTS.md).
 - State and gates are float32; under bf16 mixed precision only the matmuls run in
   bf16.
 

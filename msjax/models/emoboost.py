@@ -1,6 +1,7 @@
 """MS-EmoBoost: MFCC and spectrogram guidance pooling SSL features (paper eq. 2-13).
 
-One 3 s segment, batch B (SPEC section 1):
+One 3 s segment, batch B (the paper's Fig. 2; MFCC [300, 40] and
+spectrogram [200, 300] from msjax.features, the image from msjax.image):
 
     mfcc  [B, 300, 40] -> frame L2-normalise -> Bi-LSTM [B, 300, 512]
           -> residual self-attention -> flatten -> dropout -> Linear+ReLU   [B, 128]

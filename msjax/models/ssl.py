@@ -451,9 +451,8 @@ def grouped_conv_1d(x: jax.Array, w: jax.Array, pad: tuple[int, int], groups: in
         [B, T', D], the same as `lax.conv_general_dilated` with `feature_group_count`.
         Only the backward pass differs: JAX's own weight gradient of a grouped
         convolution is a `batch_group_count` convolution, which XLA's CPU backend runs
-        slowly. For wav2vec2-base's positional convolution at batch 4 on 2 cores it took
-        1.3 s, where PyTorch's whole backward of that layer takes 0.18 s; written as an
-        ordinary grouped convolution, as here, it takes 0.08 s.
+        many times slower than the ordinary grouped convolution written here (timings:
+        bench/RESULTS.md).
     """
     return _conv_1d(x, w, pad, groups)
 

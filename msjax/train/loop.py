@@ -17,9 +17,9 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
+from msjax import checkpoint, inference
 from msjax import metrics as M
 from msjax.errors import DataError
-from msjax.train import checkpoint
 from msjax.train.pipeline import Entry, FeatureStore, device_batch, iterate_batches, prefetch
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class FoldRunner:
             logprobs = self.eval_step(state, device_batch(batch, self.data_sharding))
             rows.append(np.asarray(logprobs)[: len(batch_uids)])
             uids.extend(batch_uids)
-        utt_ids, logprobs = M.utterance_predictions(np.concatenate(rows), uids)
+        utt_ids, logprobs = inference.utterance_predictions(np.concatenate(rows), uids)
         label_of = {e.uid: e.label for e in entries}
         labels = np.array([label_of[u] for u in utt_ids])
         cm = M.confusion_matrix(labels, logprobs.argmax(-1), self.num_classes)

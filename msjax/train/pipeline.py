@@ -54,7 +54,7 @@ class FeatureStore:
         """Args:
         cache: where entries live.
         feature_cfg: the acoustic feature settings (part of every key).
-        encoder: an `msjax.encoders` SSLModel for frozen SSL features, or None.
+        encoder: an `msjax.encoders.Encoder` for frozen SSL features, or None.
         workers: feature-extraction processes; None for one per core, 1 for none.
         """
         self.cache = cache
@@ -159,7 +159,7 @@ def extract_ssl(encoder, wavs: np.ndarray) -> np.ndarray:
     """Frozen SSL features for waveform segments, in fixed-size jitted batches.
 
     Args:
-      encoder: an SSLModel (module, params, normalize, extract_batch_size).
+      encoder: an `msjax.encoders.Encoder` (its `features` and `extract_batch_size`).
       wavs: [S, N] raw 16 kHz segments.
 
     Returns:

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from msjax import lock, report
+from msjax import inference, lock, report
 from msjax import metrics as M
 from msjax.audio import wav_header_problem
 from msjax.cache import FeatureCache, audio_hash
@@ -242,13 +242,13 @@ def _train_folds(config, workdir: Path, dataset: Dataset, folds, encoder, start:
     # One model and one pair of jitted steps for every fold: shapes agree, so
     # the steps compile once per run.
     mesh = make_mesh()
-    model = setup.build_model(
+    model = inference.build_model(
         config.model, len(labels), feature_cfg, encoder, config.ssl.finetune
     )
     tx = optax.adam(config.optim.learning_rate)
     train_step, eval_step = make_steps(
         model, tx, mesh, image_size=tuple(config.image_size),
-        normalize_wav=setup.wav_normalizer(encoder) if config.ssl.finetune else None,
+        normalize_wav=inference.wav_normalizer(encoder, config.ssl.finetune),
         compute_dtype=setup.compute_dtype(config),
     )
     devices = mesh.devices.size
@@ -355,9 +355,7 @@ def run_fold(
 
 
 def _write_predictions(path: Path, test: dict, labels) -> None:
-    # Mean segment log-probabilities, renormalised into a distribution per utterance.
-    logprobs = test["logprobs"]
-    probs = np.exp(logprobs - np.logaddexp.reduce(logprobs, axis=-1, keepdims=True))
+    probs = inference.probabilities(test["logprobs"])
     with writing(path, "the test predictions"), open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["uid", "label", "prediction", *[f"p_{name}" for name in labels]])

@@ -1,4 +1,7 @@
-"""The pieces of a run that follow from its config: model, params, shardings, metadata."""
+"""The pieces of a run that follow from its config: params, shardings, metadata.
+
+(The model itself is `msjax.inference.build_model`: prediction builds it too.)
+"""
 
 from __future__ import annotations
 
@@ -17,13 +20,12 @@ from tqdm import tqdm
 
 import msjax
 from msjax.convert.download import alexnet_weights_file
-from msjax.convert.hf import normalize_waveform
 from msjax.convert.torchvision import alexnet_params
 from msjax.data.folds import Fold
 from msjax.data.records import Dataset
 from msjax.encoders import Encoder
 from msjax.features import FeatureConfig
-from msjax.models.emoboost import MSEmoBoost, dummy_batch, from_configs, replace_alexnet
+from msjax.models.emoboost import MSEmoBoost, dummy_batch, replace_alexnet
 
 
 def data_root(config: ml_collections.ConfigDict, workdir: Path) -> Path:
@@ -36,25 +38,6 @@ def data_root(config: ml_collections.ConfigDict, workdir: Path) -> Path:
 def progress(desc: str) -> Callable[[Iterable], Iterable]:
     """A tqdm wrapper (silent when stderr is not a terminal)."""
     return lambda items: tqdm(items, desc=desc, leave=False, disable=None)
-
-
-def build_model(
-    model_cfg: dict | ml_collections.ConfigDict,
-    num_classes: int,
-    feature_cfg: FeatureConfig,
-    encoder: Encoder,
-    finetune: bool,
-) -> MSEmoBoost:
-    """MS-EmoBoost with frame count and width derived from the encoder's config."""
-    m = dict(model_cfg)
-    return from_configs(
-        num_classes, feature_cfg, encoder.config,
-        use_attention=m["use_attention"], use_mfcc=m["use_mfcc"],
-        use_spectrogram=m["use_spectrogram"], baseline=m["baseline"],
-        lstm_hidden=m["lstm_hidden"], lstm_dropout=m["lstm_dropout"], dropout=m["dropout"],
-        branch_features=m["branch_dim"], zero_init_classifier=m["zero_init_classifier"],
-        encoder=encoder.module if finetune else None,
-    )
 
 
 def init_params(
@@ -82,11 +65,6 @@ def init_params(
 def _jitted_init(model: MSEmoBoost) -> Callable:
     """model.init, compiled once per model (not once per fold)."""
     return jax.jit(functools.partial(model.init, train=False))
-
-
-def wav_normalizer(encoder: Encoder) -> Callable | None:
-    """The encoder's waveform normalisation (fine-tuning feeds raw segments)."""
-    return normalize_waveform if encoder.normalize else None
 
 
 def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:

@@ -23,37 +23,10 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from msjax.image import spec_to_image
+from msjax import inference
 
 State = dict[str, Any]
 Batch = dict[str, jax.Array]
-
-
-def model_inputs(
-    batch: Batch, norm: dict, image_size: tuple[int, int], normalize_wav: Callable | None
-) -> Batch:
-    """Turns a stored batch into the model's inputs (image transform on device).
-
-    Args:
-      batch: mfcc [B, 300, 40], spec [B, 200, 300], ssl [B, F, D] or wav [B, N].
-      norm: training-fold spectrogram statistics {"lo", "hi"}, each [200].
-      image_size: (height, width) of the AlexNet image.
-      normalize_wav: the checkpoint's waveform normalisation, or None.
-    """
-    inputs = {"mfcc": batch["mfcc"]}
-    inputs["image"] = spec_to_image(batch["spec"], norm["lo"], norm["hi"], size=image_size)
-    if "ssl" in batch:
-        inputs["ssl"] = batch["ssl"]
-    if "wav" in batch:
-        inputs["wav"] = normalize_wav(batch["wav"]) if normalize_wav else batch["wav"]
-    return inputs
-
-
-def _cast(tree: Any, dtype: jnp.dtype) -> Any:
-    def cast(x):
-        return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-
-    return jax.tree.map(cast, tree)
 
 
 def masked_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array) -> jax.Array:
@@ -80,6 +53,9 @@ def make_steps(
 ) -> tuple[Callable, Callable]:
     """Builds `train_step(state, batch, rng)` and `eval_step(state, batch)`.
 
+    Both run the model through `msjax.inference` (`normalize_wav` from its
+    `wav_normalizer`); `eval_step` gives segment log-probabilities [B, C].
+
     Both are jitted once; batches are sharded over the mesh's "data" axis and
     the state is replicated, so the same code runs on one device or many.
     `compute_dtype=bfloat16` gives mixed precision: params and inputs are cast
@@ -94,20 +70,16 @@ def make_steps(
         # a float32 module would cast bf16 params back up in every dense layer.
         model = model.clone(encoder=encoder.clone(dtype=compute_dtype))
 
-    def forward(params, batch, norm, *, train, rng=None):
-        inputs = model_inputs(batch, norm, image_size, normalize_wav)
-        if compute_dtype != jnp.float32:
-            params, inputs = _cast(params, compute_dtype), _cast(inputs, compute_dtype)
-        rngs = {"dropout": rng} if train else {}
-        logits = model.apply({"params": params}, inputs, train=train, rngs=rngs)
-        return logits.astype(jnp.float32)
+    inputs = dict(image_size=image_size, normalize_wav=normalize_wav, compute_dtype=compute_dtype)
 
     def train_step(state: State, batch: Batch, rng: jax.Array) -> tuple[State, dict]:
         # One loop key, folded with the step: no key is ever reused.
         step_rng = jax.random.fold_in(rng, state["step"])
 
         def loss_fn(params):
-            logits = forward(params, batch, state["norm"], train=True, rng=step_rng)
+            logits = inference.forward(
+                model, params, batch, state["norm"], train=True, rng=step_rng, **inputs
+            )
             # Weighted mean, as torch's cross_entropy(weight=...) takes it.
             weights = row_weights(batch["label"], batch["mask"], state.get("class_weights"))
             total = jnp.sum(weights)
@@ -125,8 +97,7 @@ def make_steps(
 
     def eval_step(state: State, batch: Batch) -> jax.Array:
         """Segment log-probabilities [B, C]."""
-        logits = forward(state["params"], batch, state["norm"], train=False)
-        return jax.nn.log_softmax(logits)
+        return inference.log_probs(model, state["params"], batch, state["norm"], **inputs)
 
     train_jit = jax.jit(
         train_step,

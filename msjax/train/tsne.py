@@ -7,12 +7,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from msjax import metrics as M
-from msjax import report
+from msjax import checkpoint, inference, report
 from msjax.features import FeatureConfig
-from msjax.train import checkpoint, setup
+from msjax.train import setup
 from msjax.train.pipeline import iterate_batches
-from msjax.train.steps import model_inputs
 
 
 def write_tsne(config, workdir: Path, dataset, folds, entries, store, encoder) -> None:
@@ -22,17 +20,17 @@ def write_tsne(config, workdir: Path, dataset, folds, entries, store, encoder) -
     (X'_w = X_enh · X_w) into the workdir; segment vectors are averaged per utterance.
     """
     feature_cfg = FeatureConfig(**config.features)
-    model = setup.build_model(
+    model = inference.build_model(
         config.model, len(dataset.labels), feature_cfg, encoder, config.ssl.finetune
     )
-    normalize = setup.wav_normalizer(encoder) if config.ssl.finetune else None
+    normalize_wav = inference.wav_normalizer(encoder, config.ssl.finetune)
     image_size = tuple(config.image_size)
 
     @jax.jit
     def pooled(variables, batch):
-        inputs = model_inputs(batch, variables["norm"], image_size, normalize)
-        _, feats = model.apply(
-            {"params": variables["params"]}, inputs, train=False, return_features=True
+        _, feats = inference.forward(
+            model, variables["params"], batch, variables["norm"], image_size=image_size,
+            normalize_wav=normalize_wav, return_features=True,
         )
         return feats
 
@@ -51,10 +49,11 @@ def write_tsne(config, workdir: Path, dataset, folds, entries, store, encoder) -
                     rows[name].append(feats[name][: len(uids)])
             seg_uids.extend(uids)
         # Segment vectors averaged per utterance, as the predictions are.
-        uids, means = M.utterance_predictions(np.concatenate(rows["mean_pooled"]), seg_uids)
+        pool = inference.utterance_predictions
+        uids, means = pool(np.concatenate(rows["mean_pooled"]), seg_uids)
         plain.append(means)
         if rows["enhanced"]:
-            enhanced.append(M.utterance_predictions(np.concatenate(rows["enhanced"]), seg_uids)[1])
+            enhanced.append(pool(np.concatenate(rows["enhanced"]), seg_uids)[1])
         label_of = {e.uid: e.label for e in test}
         labels.extend(label_of[u] for u in uids)
     plain, labels = np.concatenate(plain), np.array(labels)
