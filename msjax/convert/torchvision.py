@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from msjax.errors import CheckpointError
+from msjax.files import atomic_write
 from msjax.models.alexnet import CONV_LAYERS, AlexNetFeatures
 
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
@@ -136,20 +137,11 @@ def port_pth(pth: Path, out: Path) -> dict:
 
 def save_params(params: Mapping, out: Path) -> None:
     """Writes AlexNetFeatures params to an .npz file keyed by '/'-joined paths."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     flat = {
         "/".join(k.key for k in path): np.asarray(leaf)
         for path, leaf in jax.tree_util.tree_leaves_with_path(params)
     }
-    tmp = out.with_name(out.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **flat)
-        tmp.replace(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed write leaves nothing behind
-        raise
+    atomic_write(Path(out), lambda f: np.savez(f, **flat), "the AlexNet params")
 
 
 def load_alexnet_params(path: Path) -> dict:

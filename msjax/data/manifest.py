@@ -27,15 +27,16 @@ The corpus modules (RAVDESS, CREMA-D) produce the same rows, so they load throug
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from msjax.data.layout import audio_duration, check_counts
 from msjax.data.records import Dataset, Utterance, sort_key
 from msjax.errors import AudioError, DataError, UsageError
+from msjax.files import atomic_write
 
 COLUMNS: tuple[str, ...] = ("path", "emotion", "speaker", "session", "split")
 REQUIRED: tuple[str, ...] = ("path", "emotion")
@@ -299,24 +300,18 @@ def write(rows: Sequence[Row], path: Path) -> None:
     if suffix not in FORMATS:
         raise DataError(f"{path}: a manifest must end in {', '.join(FORMATS)}")
     columns = [c for c in COLUMNS if c in REQUIRED or any(r.get(c) for r in rows)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-            if suffix == ".jsonl":
-                for row in rows:
-                    f.write(json.dumps({c: row.get(c, "") for c in columns}) + "\n")
-            else:
-                writer = csv.DictWriter(
-                    f,
-                    columns,
-                    delimiter="\t" if suffix == ".tsv" else ",",
-                    extrasaction="ignore",
-                    lineterminator="\n",
-                )
-                writer.writeheader()
-                writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = io.StringIO(newline="")
+    if suffix == ".jsonl":
+        for row in rows:
+            text.write(json.dumps({c: row.get(c, "") for c in columns}) + "\n")
+    else:
+        writer = csv.DictWriter(
+            text,
+            columns,
+            delimiter="\t" if suffix == ".tsv" else ",",
+            extrasaction="ignore",
+            lineterminator="\n",
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode("utf-8")), "the manifest")

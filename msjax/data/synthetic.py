@@ -18,8 +18,6 @@ no-op, other settings replace the corpus.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -279,10 +277,8 @@ def generate_corpus(
 
 
 def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=1)
+    atomic_write(path, lambda f: f.write(text.encode()), "the synthetic corpus")
 
 
 def load(root: Path, *, allow_count_mismatch: bool = False) -> Dataset:
