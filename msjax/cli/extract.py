@@ -14,10 +14,10 @@ common.define_run_flags()
 
 
 def main() -> int:
+    from msjax import progress
     from msjax.cache import FeatureCache
     from msjax.encoders import load_encoder
     from msjax.features import FeatureConfig
-    from msjax.train import setup
     from msjax.train.pipeline import FeatureStore, cache_root
     from msjax.train.run import prepare_data
 
@@ -33,7 +33,7 @@ def main() -> int:
     store = FeatureStore(
         cache, FeatureConfig(**config.features), encoder, workers=config.feature_workers or None
     )
-    entries = store.prepare(dataset, progress=setup.progress("features"))
+    entries = store.prepare(dataset, progress=progress.stage("features"))
     segments = sum(e.num_segments for e in entries.values())
     stats = cache.stats
     print(

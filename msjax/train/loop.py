@@ -15,9 +15,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
-from msjax import checkpoint, inference
+from msjax import checkpoint, inference, progress
 from msjax import metrics as M
 from msjax.errors import DataError
 from msjax.train.pipeline import Entry, FeatureStore, device_batch, iterate_batches, prefetch
@@ -94,10 +93,7 @@ class FoldRunner:
         batches = iterate_batches(self.store, entries, self.batch_size, self.kinds, rng=rng)
         step_metrics, step_uids = [], []
         num_batches = -(-sum(e.num_segments for e in entries) // self.batch_size)
-        bar = tqdm(
-            prefetch(batches), total=num_batches, desc=f"fold {fold} epoch {epoch}",
-            leave=False, disable=None,
-        )
+        bar = progress.bar(prefetch(batches), total=num_batches, desc=f"fold {fold} epoch {epoch}")
         for batch, uids in bar:
             state, step = self.train_step(
                 state, device_batch(batch, self.data_sharding), loop_key

@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from msjax import inference, lock, report
+from msjax import inference, lock, progress, report
 from msjax import metrics as M
 from msjax.audio import wav_header_problem
 from msjax.cache import FeatureCache, audio_hash
@@ -237,7 +237,7 @@ def _train_folds(config, workdir: Path, dataset: Dataset, folds, encoder, start:
         workers=config.feature_workers or None,
     )
     log.info("preparing features for %d utterances", len(dataset))
-    entries = store.prepare(dataset, progress=setup.progress("features"))
+    entries = store.prepare(dataset, progress=progress.stage("features"))
 
     # One model and one pair of jitted steps for every fold: shapes agree, so
     # the steps compile once per run.

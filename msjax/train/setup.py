@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from tqdm import tqdm
 
 import msjax
 from msjax.convert.download import alexnet_weights_file
@@ -33,11 +32,6 @@ def data_root(config: ml_collections.ConfigDict, workdir: Path) -> Path:
     if config.data_dir:
         return Path(config.data_dir)
     return Path(workdir) / "corpus"
-
-
-def progress(desc: str) -> Callable[[Iterable], Iterable]:
-    """A tqdm wrapper (silent when stderr is not a terminal)."""
-    return lambda items: tqdm(items, desc=desc, leave=False, disable=None)
 
 
 def init_params(
