@@ -4,23 +4,36 @@ A whole run locks its workdir and, while it trains a fold, that fold's directory
 a `--fold=k` job locks only fold k's directory (so fold jobs run side by side) and
 is refused while a whole run holds the workdir. A lock left by a process that died
 on this host is taken over.
+
+The lock file appears complete or not at all (written aside, then hard-linked into
+place, which fails when the name is taken). Deciding that a lock is stale and
+replacing it happens under an flock on a guard file beside it, which the kernel
+releases when its holder dies: of processes racing for one lock, fresh or stale,
+exactly one gets it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from msjax.errors import UsageError, writing
+from msjax.files import write_once
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+GUARD_NAME = ".lock.guard"
+# An unreadable lock file younger than this may still be in writing (by an older
+# msjax that wrote it in place), so it counts as held.
+_YOUNG_S = 10.0
 
 
 class LockedError(UsageError):
@@ -32,15 +45,24 @@ def _me() -> dict:
 
 
 def holder(directory: Path) -> dict | None:
-    """The live {"pid", "host"} holding `directory`'s lock, or None (no lock, or a stale one)."""
+    """The live {"pid", "host"} holding `directory`'s lock, or None (no lock, or a
+    stale one). An unreadable lock younger than _YOUNG_S gives {"pid": None, "host": None}."""
     path = Path(directory) / LOCK_NAME
     try:
-        held = json.loads(path.read_text())
-        pid, host = int(held["pid"]), str(held["host"])
+        data = path.read_bytes()
+        age = time.time() - path.stat().st_mtime
     except FileNotFoundError:
         return None
+    return _live_holder(data, age)
+
+
+def _live_holder(data: bytes, age: float) -> dict | None:
+    """The live holder named by a lock file's bytes, None when the lock is stale."""
+    try:
+        held = json.loads(data)
+        pid, host = int(held["pid"]), str(held["host"])
     except (ValueError, KeyError, TypeError):
-        return None  # a lock cut short by a crash while being written
+        return {"pid": None, "host": None} if age < _YOUNG_S else None
     if host == socket.gethostname() and not _alive(pid):
         return None
     return {"pid": pid, "host": host}
@@ -57,9 +79,12 @@ def _alive(pid: int) -> bool:
 
 
 def _refuse(directory: Path, held: dict) -> LockedError:
+    path = Path(directory) / LOCK_NAME
+    if held["pid"] is None:
+        return LockedError(f"{directory}: in use (its lock file {path} is being written)")
     return LockedError(
         f"{directory}: in use by pid {held['pid']} on {held['host']} "
-        f"(lock file {Path(directory) / LOCK_NAME}; delete it if that process is gone)"
+        f"(lock file {path}; delete it if that process is gone)"
     )
 
 
@@ -68,6 +93,33 @@ def check_free(directory: Path) -> None:
     held = holder(directory)
     if held is not None and held != _me():
         raise _refuse(directory, held)
+
+
+@contextlib.contextmanager
+def _guard(directory: Path) -> Iterator[None]:
+    """Serialises the lock decisions of all processes on `directory` for the block."""
+    fd = os.open(directory / GUARD_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+def _acquire(directory: Path, me: dict) -> None:
+    """Publishes `me` as `directory`'s lock, replacing a stale one (under the guard)."""
+    path = directory / LOCK_NAME
+    data = json.dumps(me).encode()
+    while (existing := write_once(path, data, "the lock file")) is not None:
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            continue  # released meanwhile
+        held = _live_holder(existing, age)
+        if held is not None:
+            raise _refuse(directory, held)
+        log.warning("%s: taking over a stale lock", path)
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -82,21 +134,11 @@ def hold(directory: Path) -> Iterator[None]:
     me = _me()
     with writing(path, "the lock file"):
         directory.mkdir(parents=True, exist_ok=True)
-        while True:
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                break
-            except FileExistsError:
-                held = holder(directory)
-                if held is not None:
-                    raise _refuse(directory, held) from None
-                log.warning("%s: taking over a stale lock", path)
-                path.unlink(missing_ok=True)
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
+        with _guard(directory):
+            _acquire(directory, me)
     try:
         yield
     finally:
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError), _guard(directory):
             if json.loads(path.read_text()) == me:
                 path.unlink()

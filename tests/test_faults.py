@@ -323,6 +323,71 @@ def test_fold_jobs_lock_only_their_fold(trained, tmp_path):
     one_error(run("train", f"--workdir={workdir}", *TINY, "--fold=1"), 2, "on elsewhere")
 
 
+_CONTENDER = """
+import sys, time
+from pathlib import Path
+from msjax import lock
+
+root, me, n, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+for r in range(rounds):
+    while not (root / f"go{r}").exists():
+        time.sleep(0.001)
+    try:
+        with lock.hold(root / f"d{r}"):
+            (root / f"won{r}-{me}").touch()
+            while len(list(root.glob(f"won{r}-*")) + list(root.glob(f"lost{r}-*"))) < n:
+                time.sleep(0.001)  # everyone tries while the winner holds it
+    except lock.LockedError:
+        (root / f"lost{r}-{me}").touch()
+"""
+
+
+def test_racing_processes_never_share_a_lock(tmp_path):
+    """8 processes race for one lock, 24 times: none there, a dead process's, an
+    unreadable one just created (held: nobody wins) and an old unreadable one."""
+    n, kinds = 8, ["none", "stale", "young_garbage", "old_garbage"]
+    rounds = 6 * len(kinds)
+    for r in range(rounds):
+        directory = tmp_path / f"d{r}"
+        directory.mkdir()
+        kind = kinds[r % len(kinds)]
+        if kind == "stale":
+            _lock(directory, _dead_pid())
+        elif kind.endswith("garbage"):
+            (directory / lock.LOCK_NAME).write_text("")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    procs = [subprocess.Popen([sys.executable, "-c", _CONTENDER, str(tmp_path), str(i), str(n),
+                               str(rounds)], env=env) for i in range(n)]
+    try:
+        for r in range(rounds):
+            if kinds[r % len(kinds)] == "old_garbage":
+                old = time.time() - 60
+                os.utime(tmp_path / f"d{r}" / lock.LOCK_NAME, (old, old))
+            (tmp_path / f"go{r}").touch()
+            start = time.time()
+            while len(list(tmp_path.glob(f"won{r}-*")) + list(tmp_path.glob(f"lost{r}-*"))) < n:
+                assert time.time() - start < 60 and {p.poll() for p in procs} <= {None, 0}, r
+                time.sleep(0.01)
+            winners = len(list(tmp_path.glob(f"won{r}-*")))
+            assert winners == (0 if kinds[r % len(kinds)] == "young_garbage" else 1), (r, winners)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+
+def test_unreadable_lock_counts_as_held_while_young(tmp_path):
+    (tmp_path / lock.LOCK_NAME).write_text('{"pid": ')
+    with pytest.raises(lock.LockedError, match="is being written"):
+        lock.check_free(tmp_path)
+    old = time.time() - 60
+    os.utime(tmp_path / lock.LOCK_NAME, (old, old))
+    lock.check_free(tmp_path)
+    with lock.hold(tmp_path):
+        assert lock.holder(tmp_path) == {"pid": os.getpid(), "host": socket.gethostname()}
+    assert not (tmp_path / lock.LOCK_NAME).exists()
+
+
 # -- 5. disks and permissions -------------------------------------------------------------
 
 _FULL_DISK = """
