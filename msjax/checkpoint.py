@@ -20,6 +20,9 @@ import logging
 import os
 import re
 import shutil
+import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +37,56 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "sha256.json"
 _CHUNK = 1 << 20
+# How long a failed save's temporary directories must stay gone before its
+# cleanup ends (writes that tensorstore still had in flight may recreate them).
+_SETTLE_S = 1.0
 
 
 def _manager(directory: Path) -> ocp.CheckpointManager:
+    _quiet_abandoned_writes()
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1, enable_async_checkpointing=False, cleanup_tmp_directories=True
     )
     return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+def _quiet_abandoned_writes() -> None:
+    """Stops Python printing a traceback for each write that a failed save abandoned.
+
+    When one write fails (a full disk), orbax closes its event loop while tensorstore
+    still completes the others in its own threads; each completion then finds the
+    loop closed and is reported as an unraisable "Event loop is closed" error. The
+    save's own error is what the caller reports; every other report goes through.
+    """
+    if getattr(sys.unraisablehook, "drops_closed_loop_reports", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        err = unraisable.exc_value
+        if not (
+            isinstance(err, RuntimeError)
+            and str(err) == "Event loop is closed"
+            and threading.current_thread() is not threading.main_thread()
+        ):
+            previous(unraisable)
+
+    hook.drops_closed_loop_reports = True
+    sys.unraisablehook = hook
+
+
+def _remove_temporaries(directory: Path) -> None:
+    """Removes the `*-tmp*` directories of a failed save, until none has reappeared
+    for _SETTLE_S (at most 10 times that): orbax raises on the first failed write
+    while tensorstore may still be finishing others into them."""
+    start = quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < _SETTLE_S and time.monotonic() - start < 10 * _SETTLE_S:
+        temporaries = list(directory.glob("*-tmp*"))
+        for tmp in temporaries:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if temporaries:
+            quiet_since = time.monotonic()
+        time.sleep(0.05)
 
 
 def _sha256(path: Path) -> str:
@@ -112,8 +158,7 @@ def _save(directory: Path, step: int, args: ocp.args.Composite, tree: Any, what:
             hashes = {str(p.relative_to(step_dir)): _sha256(p) for p in _files(step_dir)}
             report.write_json({"files": hashes}, step_dir / MANIFEST)
     except BaseException as err:
-        for tmp in directory.glob("*-tmp*"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        _remove_temporaries(directory)
         # tensorstore reports a failed write as ValueError("... [os_error_code='28']").
         code = re.search(r"os_error_code='(\d+)'", str(err))
         if code and not isinstance(err, OSError):
