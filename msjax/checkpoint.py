@@ -112,10 +112,12 @@ def verify(step_dir: Path, *, required: bool = True) -> None:
     if not path.is_file():
         if required:
             raise CheckpointError(
-                f"{path}: missing; the checkpoint is incomplete (its save was interrupted) "
-                "or was not written by this msjax"
+                f"{path}: missing, so the checkpoint's files cannot be checked (saved before "
+                "msjax wrote SHA-256 manifests, or its save was cut short); train again, or "
+                "pass --allow_unverified to bin/predict to load it unchecked"
             )
-        log.warning("%s: no manifest (save interrupted after the data); not verified", step_dir)
+        log.warning("%s: no %s, files not checked (saved before manifests, or its save "
+                    "was cut short)", step_dir, MANIFEST)
         return
     try:
         files = json.loads(path.read_text())["files"]
@@ -242,14 +244,17 @@ def best_step_dir(checkpoint: Path) -> Path:
     )
 
 
-def load_metadata(checkpoint: Path) -> tuple[Path, dict]:
+def load_metadata(checkpoint: Path, allow_unverified: bool = False) -> tuple[Path, dict]:
     """Finds and verifies the best checkpoint under `checkpoint` and reads its metadata.
+
+    `allow_unverified` accepts one without a manifest (with a warning); a manifest
+    that is there is always checked.
 
     Returns:
       (its best/<epoch> directory, metadata dict).
     """
     step_dir = best_step_dir(checkpoint)
-    verify(step_dir)
+    verify(step_dir, required=not allow_unverified)
     meta = _restore(step_dir, ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
     if not isinstance(meta, dict) or "labels" not in meta:
         raise CheckpointError(f"{step_dir}: its metadata is not an msjax checkpoint's")

@@ -39,8 +39,8 @@ AUDIO_SUFFIXES = (
 class Predictor:
     """A checkpoint loaded for inference: `predict_file(path) -> log-probs [C]`."""
 
-    def __init__(self, checkpoint_dir: str | Path):
-        best_dir, meta = checkpoint.load_metadata(Path(checkpoint_dir))
+    def __init__(self, checkpoint_dir: str | Path, allow_unverified: bool = False):
+        best_dir, meta = checkpoint.load_metadata(Path(checkpoint_dir), allow_unverified)
         self.meta = meta
         self.labels: list[str] = meta["labels"]
         self.feature_cfg = FeatureConfig(**meta["features"])

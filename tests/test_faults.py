@@ -2,13 +2,16 @@
 disks, two runs at once. Each must end with its exit code (2 usage, 3 data) and one
 `error:` line, no traceback, and lose nothing computed before."""
 
+import collections
 import errno
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +62,18 @@ def test_bad_config_is_refused_before_the_workdir_is_written(tmp_path, args, nee
     one_error(run("train", f"--workdir={workdir}", *TINY, *args), 2, needle)
     # Only the synthetic corpus may have been generated: no config.json locks the workdir.
     assert not (workdir / "config.json").exists()
+
+
+@pytest.mark.slow  # the corrected command trains
+def test_corrected_command_runs_after_refused_ones(trained, tmp_path):
+    """Refused commands leave nothing in the workdir that the corrected one trips over."""
+    args = [f"--workdir={tmp_path / 'run'}", *TINY, "--config.optim.num_epochs=1",
+            f"--config.data_dir={trained / 'corpus'}", f"--config.cache_dir={trained / 'cache'}"]
+    for bad in (["--config.optim.batch_size=0"], ["--config.image_size=(0, 0)"], ["--fold=-5"],
+                ["--config.optim.learning_rate=nan"]):
+        one_error(run("train", *args, *bad), 2, bad[0].split("=")[0])
+    ok(run("train", *args))
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["folds"]
 
 
 def test_data_dir_is_checked_before_writing(tmp_path):
@@ -229,13 +244,52 @@ def test_damaged_checkpoint_is_refused_naming_the_file(trained, tmp_path, how):
     assert str(named) in str(err.value) and "\n" not in str(err.value)
 
 
-def test_predict_refuses_flipped_bytes_in_one_line(trained, tmp_path):
+@pytest.mark.parametrize("how", ["flipped", "truncated", "metadata"])
+def test_predict_refuses_a_damaged_checkpoint_in_one_line(trained, tmp_path, how):
     fold = copy_run(trained / "fold_00", tmp_path / "fold")
-    array = _largest_array_file(checkpoint.best_step_dir(fold))
-    _flip(array)
+    named = _damage(checkpoint.best_step_dir(fold), how)
     done = run("predict", f"--checkpoint={fold}", f"--input={clip(trained)}")
-    one_error(done, 3, str(array), "damaged")
+    one_error(done, 3, str(named), "damaged")
     assert done.stdout == ""
+
+
+def test_checkpoint_without_manifest_needs_allow_unverified(trained, tmp_path):
+    """As saved before checkpoints carried SHA-256 manifests."""
+    fold = copy_run(trained / "fold_00", tmp_path / "fold")
+    manifest = checkpoint.best_step_dir(fold) / checkpoint.MANIFEST
+    manifest.unlink()
+    args = [f"--checkpoint={fold}", f"--input={clip(trained)}"]
+    done = run("predict", *args)
+    one_error(done, 3, str(manifest), "missing", "--allow_unverified")
+    assert done.stdout == ""
+    done = ok(run("predict", *args, "--allow_unverified"))
+    (warning,) = done.stderr.strip().splitlines()
+    assert str(manifest.parent) in warning and "not checked" in warning, warning
+    expected = ok(run("predict", f"--checkpoint={trained / 'fold_00'}", f"--input={clip(trained)}"))
+    assert done.stdout == expected.stdout and ",ok," in done.stdout
+
+
+def test_allow_unverified_still_checks_what_it_can(trained, tmp_path):
+    """A present manifest is still checked, and so are the parameters' values."""
+    fold = copy_run(trained / "fold_00", tmp_path / "fold")
+    step_dir = checkpoint.best_step_dir(fold)
+    array = _largest_array_file(step_dir)
+    _flip(array)
+    with pytest.raises(CheckpointError, match="damaged"):
+        checkpoint.load_metadata(fold, allow_unverified=True)
+    shutil.copy(_largest_array_file(checkpoint.best_step_dir(trained / "fold_00")), array)
+    meta = checkpoint.load_metadata(fold)[1]
+    variables = checkpoint.restore_best(step_dir, None)
+    bad = jax.tree.map(lambda x: np.full_like(x, np.nan), variables)
+    shutil.rmtree(fold / "best")
+    checkpoint.save_best(fold, int(step_dir.name), bad, meta)
+    (step_dir / checkpoint.MANIFEST).unlink()
+    done = run("predict", f"--checkpoint={fold}", f"--input={clip(trained)}",
+               "--allow_unverified")
+    one_error(done, 3, "non-finite", str(fold))
+    (step_dir / "metadata" / "metadata").write_text("[]")
+    with pytest.raises(CheckpointError, match="metadata is not an msjax checkpoint"):
+        checkpoint.load_metadata(fold, allow_unverified=True)
 
 
 def test_checkpoint_forms(trained):
@@ -390,30 +444,98 @@ def test_unreadable_lock_counts_as_held_while_young(tmp_path):
 
 # -- 5. disks and permissions -------------------------------------------------------------
 
-_FULL_DISK = """
-import collections, shutil, sys
-shutil.disk_usage = lambda path: collections.namedtuple("u", "total used free")(1, 1, 0)
+def test_checkpoint_space_is_checked_before_orbax_writes(tmp_path, monkeypatch):
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(1 << 30, 1 << 30, 1000))
+    with pytest.raises(WriteError, match="cannot write the best checkpoint: No space left"):
+        checkpoint.save_best(tmp_path, 1, {"params": {"w": np.zeros(64)}}, {"labels": ["a"]})
+    assert not (tmp_path / "best").exists()
+
+
+def test_failed_save_cleanup_outlasts_late_writes(tmp_path):
+    """Writes still in flight when a save fails may recreate its temporary directory:
+    here 8 times, 0.2 s after each removal (1.6 s in all, longer than _SETTLE_S)."""
+    tmp = tmp_path / "3.orbax-checkpoint-tmp"
+
+    def late_write():
+        for _ in range(8):
+            start = time.time()
+            while tmp.exists() and time.time() - start < 5:
+                time.sleep(0.01)
+            time.sleep(0.2)
+            (tmp / "d").mkdir(parents=True, exist_ok=True)
+
+    tmp.mkdir()
+    writer = threading.Thread(target=late_write)
+    writer.start()
+    checkpoint._remove_temporaries(tmp_path)
+    writer.join()
+    assert not list(tmp_path.iterdir())
+
+
+def _file_size_limit(limit: int):
+    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+@pytest.mark.slow  # two fold trainings, to show the rerun finishes
+def test_failed_orbax_write_is_one_line_and_a_rerun_finishes(trained, tmp_path):
+    """Simulated with a 12 KB file size limit: the OS refuses orbax's writes mid-save
+    (EFBIG, as a full disk refuses them with ENOSPC) while others are in flight."""
+    workdir = tmp_path / "run"
+    args = [f"--workdir={workdir}", *TINY, "--fold=0", f"--config.data_dir={trained / 'corpus'}",
+            f"--config.cache_dir={trained / 'cache'}"]
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bin" / "train"), *args], capture_output=True, text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"), preexec_fn=_file_size_limit(12 << 10),
+    )
+    one_error(done, 3, f"{workdir / 'fold_00' / 'best'}: cannot write the best checkpoint",
+              "File too large")
+    assert "Event loop is closed" not in done.stderr, done.stderr[-3000:]
+    assert not list(workdir.rglob("*tmp*"))
+    ok(run("train", *args))
+    assert (workdir / "fold_00" / "predictions.csv").read_text() == (
+        trained / "fold_00" / "predictions.csv").read_text()
+
+
+_NO_SPACE_CHECK = """
+import sys
+from msjax import checkpoint
+checkpoint._check_space = lambda *args: None  # as if the disk filled once the save began
 sys.argv = ["train", *sys.argv[1:]]
 from msjax.cli import train
 train.run()
 """
 
+# Mounts a 20 MB tmpfs on $1 and runs python ($2) on the rest; lists what is left there.
+_ON_SMALL_TMPFS = """
+mount -t tmpfs -o size=20m tmpfs "$1" || exit 99
+mnt=$1; shift
+"$@"; rc=$?
+find "$mnt" -name '*tmp*' -printf 'left behind: %p\\n'
+exit $rc
+"""
 
-@pytest.mark.slow  # two fold trainings, to show the rerun finishes
-def test_full_disk_at_a_checkpoint_is_one_line_and_a_rerun_finishes(trained, tmp_path):
-    """Simulated: the free space orbax would need is reported as none."""
-    workdir = tmp_path / "run"
-    args = [f"--workdir={workdir}", *TINY, "--fold=0", f"--config.data_dir={trained / 'corpus'}",
-            f"--config.cache_dir={trained / 'cache'}"]
+
+@pytest.mark.slow  # compiles the train step
+def test_disk_filling_up_during_an_orbax_write_is_one_line(trained, tmp_path):
+    """A real full disk, mid-write: a 20 MB tmpfs in a private mount namespace (unshare;
+    no root needed where user namespaces are allowed) holds the best checkpoint, not the
+    resume one, and the check of free space before a save is switched off."""
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-rm", "true"]).returncode:
+        pytest.skip("cannot mount a private tmpfs here (unshare -rm fails)")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    workdir = mnt / "run"
     done = subprocess.run(
-        [sys.executable, "-c", _FULL_DISK, *args], capture_output=True, text=True,
-        cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        ["unshare", "-rm", "bash", "-c", _ON_SMALL_TMPFS, "bash", str(mnt), sys.executable,
+         "-c", _NO_SPACE_CHECK, f"--workdir={workdir}", *TINY, "--fold=0",
+         f"--config.data_dir={trained / 'corpus'}", f"--config.cache_dir={trained / 'cache'}"],
+        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
     )
-    one_error(done, 3, str(workdir / "fold_00"), "No space left on device")
-    assert not list(workdir.rglob("*tmp*"))
-    ok(run("train", *args))
-    assert (workdir / "fold_00" / "predictions.csv").read_text() == (
-        trained / "fold_00" / "predictions.csv").read_text()
+    one_error(done, 3, f"{workdir / 'fold_00' / 'latest'}: cannot write the resume checkpoint",
+              "No space left on device")
+    assert "Event loop is closed" not in done.stderr, done.stderr[-3000:]
+    assert "left behind" not in done.stdout, done.stdout
 
 
 def test_cache_write_on_a_full_disk_names_the_entry(tmp_path, monkeypatch):

@@ -7,7 +7,8 @@
 Rows are written as files are done. Bad files are reported with status "error" and
 do not stop the run (exit code 3 when any failed); a truncated WAV is predicted from
 what it holds, with status "warning". --checkpoint takes a fold directory, its
-best/ or best/<epoch>.
+best/ or best/<epoch>; its files are checked against the SHA-256 manifest saved
+with them (--allow_unverified loads one saved without a manifest, with a warning).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ flags.DEFINE_string(
 )
 flags.DEFINE_multi_string("input", None, "Audio file, folder or .txt list; repeatable.")
 flags.DEFINE_string("output", None, "Output .csv or .jsonl (default: CSV on stdout).")
+flags.DEFINE_bool(
+    "allow_unverified", False,
+    "Load a checkpoint that has no SHA-256 manifest (saved before msjax wrote them) unchecked.",
+)
 FLAGS = flags.FLAGS
 
 
@@ -38,7 +43,7 @@ def main() -> int:
     paths = expand_inputs(FLAGS.input)
     if not paths:
         raise DataError(f"{', '.join(FLAGS.input)}: no audio files found")
-    predictor = Predictor(FLAGS.checkpoint)
+    predictor = Predictor(FLAGS.checkpoint, FLAGS.allow_unverified)
     writer = RecordWriter(out, predictor.labels)
     failed = 0
     try:
