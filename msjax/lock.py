@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from msjax.errors import UsageError, writing
+from msjax.files import write_once
 
 log = logging.getLogger(__name__)
 
@@ -80,20 +81,14 @@ def hold(directory: Path) -> Iterator[None]:
     directory = Path(directory)
     path = directory / LOCK_NAME
     me = _me()
-    with writing(path, "the lock file"):
-        directory.mkdir(parents=True, exist_ok=True)
-        while True:
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                break
-            except FileExistsError:
-                held = holder(directory)
-                if held is not None:
-                    raise _refuse(directory, held) from None
-                log.warning("%s: taking over a stale lock", path)
-                path.unlink(missing_ok=True)
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
+    # Created whole or not at all (`write_once`): a reader never sees a half-written lock.
+    while write_once(path, json.dumps(me).encode(), "the lock file") is not None:
+        held = holder(directory)
+        if held is not None:
+            raise _refuse(directory, held)
+        log.warning("%s: taking over a stale lock", path)
+        with writing(path, "the lock file"):
+            path.unlink(missing_ok=True)
     try:
         yield
     finally:

@@ -18,6 +18,7 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import time
@@ -39,7 +40,7 @@ from msjax.data.synthetic import generate_corpus
 from msjax.encoders import Encoder, load_encoder
 from msjax.errors import DataError, UsageError, writing
 from msjax.features import FeatureConfig
-from msjax.files import write_once
+from msjax.files import atomic_write, write_once
 from msjax.image import fit_minmax
 from msjax.summary import finished_runs, run_dirs, write_summary
 from msjax.train import setup
@@ -356,8 +357,9 @@ def run_fold(
 
 def _write_predictions(path: Path, test: dict, labels) -> None:
     probs = inference.probabilities(test["logprobs"])
-    with writing(path, "the test predictions"), open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["uid", "label", "prediction", *[f"p_{name}" for name in labels]])
-        for uid, label, p in zip(test["uids"], test["labels"], probs):
-            writer.writerow([uid, labels[label], labels[int(p.argmax())], *np.round(p, 6)])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["uid", "label", "prediction", *[f"p_{name}" for name in labels]])
+    for uid, label, p in zip(test["uids"], test["labels"], probs):
+        writer.writerow([uid, labels[label], labels[int(p.argmax())], *np.round(p, 6)])
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()), "the test predictions")
