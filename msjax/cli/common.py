@@ -21,11 +21,12 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+import configs
 from msjax.errors import DataError, MsjaxError, UsageError
 from msjax.validation import field_names, unknown_field_message
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPO_ROOT / "configs"
+# The `configs` package: the checkout's configs/, or the copy installed beside msjax.
+CONFIG_DIR = Path(configs.__file__).parent
 DATASETS = ("synthetic", "emodb", "emovo", "iemocap", "ravdess", "cremad", "manifest")
 FLAGS = flags.FLAGS
 
