@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from msjax import inference, lock, progress, report
+from msjax import inference, lock, progress, report, timing
 from msjax import metrics as M
 from msjax.audio import wav_header_problem
 from msjax.cache import FeatureCache, audio_hash
@@ -238,7 +238,8 @@ def _train_folds(config, workdir: Path, dataset: Dataset, folds, encoder, start:
         workers=config.feature_workers or None,
     )
     log.info("preparing features for %d utterances", len(dataset))
-    entries = store.prepare(dataset, progress=progress.stage("features"))
+    with timing.section("features"):
+        entries = store.prepare(dataset, progress=progress.stage("features"))
 
     # One model and one pair of jitted steps for every fold: shapes agree, so
     # the steps compile once per run.
@@ -252,6 +253,8 @@ def _train_folds(config, workdir: Path, dataset: Dataset, folds, encoder, start:
         normalize_wav=inference.wav_normalizer(encoder, config.ssl.finetune),
         compute_dtype=setup.compute_dtype(config),
     )
+    train_step = timing.timed("train_step", train_step, block=True)
+    eval_step = timing.timed("eval_step", eval_step, block=True)
     devices = mesh.devices.size
     runner = FoldRunner(
         store=store,
