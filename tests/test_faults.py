@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from absl import flags
-from conftest import REPO, TINY, ok, run
+from conftest import REPO, TINY, bin_command, cpu_env, ok, run
 
 from configs import synthetic
 from msjax import checkpoint, lock
@@ -286,10 +286,10 @@ def _dead_pid() -> int:
 def test_second_train_on_a_workdir_is_refused_at_once(trained, tmp_path):
     workdir = tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, str(REPO / "bin" / "train"), f"--workdir={workdir}", *TINY,
-         f"--config.data_dir={trained / 'corpus'}", f"--config.cache_dir={trained / 'cache'}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        bin_command("train", f"--workdir={workdir}", *TINY,
+                    f"--config.data_dir={trained / 'corpus'}",
+                    f"--config.cache_dir={trained / 'cache'}"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cpu_env(),
     )
     try:
         start = time.time()
@@ -342,7 +342,7 @@ def test_full_disk_at_a_checkpoint_is_one_line_and_a_rerun_finishes(trained, tmp
             f"--config.cache_dir={trained / 'cache'}"]
     done = subprocess.run(
         [sys.executable, "-c", _FULL_DISK, *args], capture_output=True, text=True,
-        cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        cwd=REPO, env=cpu_env(),
     )
     one_error(done, 3, str(workdir / "fold_00"), "No space left on device")
     assert not list(workdir.rglob("*tmp*"))
