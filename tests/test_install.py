@@ -10,7 +10,7 @@ from conftest import REPO
 
 from msjax.cli.common import DATASETS
 
-# The CLI's own steps: the config file common.CONFIG_DIR names, loaded by config_flags
+# The CLI's own steps: the config file common.config_file names, loaded by config_flags
 # (whose import of `configs.default` needs the installed package too).
 _LOAD_CONFIGS = """
 import sys
@@ -21,7 +21,7 @@ import configs, msjax
 from msjax.cli import common
 datasets = sys.argv[1:]
 for name in datasets:
-    config_flags.DEFINE_config_file(name, str(common.CONFIG_DIR / f"{name}.py"))
+    config_flags.DEFINE_config_file(name, str(common.config_file(name)))
 flags.FLAGS(["load"])
 for name in datasets:
     print(name, flags.FLAGS[name].value.dataset)

@@ -21,14 +21,20 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-import configs
 from msjax.errors import DataError, MsjaxError, UsageError
 from msjax.validation import field_names, unknown_field_message
 
-# The `configs` package: the checkout's configs/, or the copy installed beside msjax.
-CONFIG_DIR = Path(configs.__file__).parent
 DATASETS = ("synthetic", "emodb", "emovo", "iemocap", "ravdess", "cremad", "manifest")
 FLAGS = flags.FLAGS
+
+
+def config_file(dataset: str) -> Path:
+    """configs/<dataset>.py (default.py for an unknown name) of the `configs` package:
+    the checkout's, or the copy a regular install puts beside msjax."""
+    import configs  # only commands that run on a config need the package
+
+    name = dataset if dataset in DATASETS else "default"
+    return Path(configs.__file__).parent / f"{name}.py"
 
 
 def _dataset_from_argv(argv: Sequence[str]) -> str:
@@ -44,7 +50,7 @@ def _dataset_from_argv(argv: Sequence[str]) -> str:
 def define_run_flags() -> None:
     """Flags of every command that runs on a dataset config."""
     dataset = _dataset_from_argv(sys.argv)
-    default = CONFIG_DIR / f"{dataset if dataset in DATASETS else 'default'}.py"
+    default = config_file(dataset)
     try:
         config_flags.DEFINE_config_file("config", str(default), "Config file.", lock_config=True)
     except (KeyError, AttributeError):
