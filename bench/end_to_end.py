@@ -8,35 +8,34 @@ processes on the same dataset with a fixed small epoch count:
   warm   empty workdir, the cache the cold run filled: training only.
 
 For each it prints the wall time, the child's peak resident memory, and where the
-time went: feature preparation, jitted train steps, jitted eval steps (their first
-calls, i.e. compilation, apart), checkpoint writes, and the rest (dataset loading,
-host-side batching that the prefetch thread did not hide, metrics, reports). Step
-time is measured by blocking on each step's outputs, so it includes the device time
-the training loop would otherwise overlap with host work. The target is a warm run
-spending over 90% of its time in jitted steps.
+time went, as the run reports it to `msjax.timing`: feature preparation, jitted train
+steps, jitted eval steps (their first calls, i.e. compilation, apart), checkpoint
+writes, and the rest (dataset loading, host-side batching that the prefetch thread did
+not hide, metrics, reports). Step time is measured by blocking on each step's outputs,
+so it includes the device time the training loop would otherwise overlap with host
+work. The target is a warm run spending over 90% of its time in jitted steps.
 
 Memory: batches are read from the cache one batch at a time (never the whole
 dataset), so the warm run's peak is the runtime + model + one batch of every kind in
-flight; `--subset` trains on a fraction of the utterances to show the peak does not
-grow with the data.
+flight; `--subset` trains on a fraction of the utterances (every k-th, written as a
+manifest the run loads) to show the peak does not grow with the data.
 
-    python bench/end_to_end.py --data ../shared/data/emodb --epochs 2
-    python bench/end_to_end.py --epochs 2 --set fold=0 --cache CACHE   # one fold, cache kept
-    python bench/end_to_end.py --epochs 2 --runs warm --cache CACHE    # all 10 folds, warm
-    python bench/end_to_end.py --data ../shared/data/emodb --epochs 2 \\
-        --set ssl.name=random:tiny --set image_size='(128, 192)' --set model.lstm_hidden=64
+    python bench/end_to_end.py --config.data_dir=../shared/data/emodb
+    python bench/end_to_end.py --config.fold=0 --config.cache_dir=CACHE  # one fold, cache kept
+    python bench/end_to_end.py --runs=warm --config.cache_dir=CACHE      # all 10 folds, warm
+    python bench/end_to_end.py --config.ssl.name=random:tiny \\
+        --config.image_size='(128, 192)' --config.model.lstm_hidden=64
 
-`--set key=value` overrides config fields (values parsed as Python literals where
-possible). With no pretrained weights offline, the encoder defaults to `random:base`
-(wav2vec2-base size, random weights) and AlexNet to random init: the cost is the same
-as with the real weights.
+The run's config is configs/emodb.py with the benchmark's defaults (below, in
+`bench_config`); `--config.x=y` overrides any field as for bin/train. Without
+`--config.optim.patience` no fold stops early (patience = the epoch count). With no
+pretrained weights offline, the encoder defaults to `random:base` (wav2vec2-base size,
+random weights) and AlexNet to random init: the cost is the same as with the real
+weights. An empty `cache_dir` means a temporary cache, removed afterwards.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
-import functools
 import json
 import os
 import resource
@@ -46,81 +45,49 @@ import tempfile
 import time
 from pathlib import Path
 
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+# Time the checkout this file belongs to, not whichever msjax happens to be installed.
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from configs import emodb  # noqa: E402
+
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "emodb"
 
 
-def _timed(fn, totals: dict, key: str, block: bool = False):
-    """Wraps `fn` so its wall time accumulates in totals[key] (first call: key_first)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        import jax
-
-        start = time.perf_counter()
-        out = fn(*args, **kwargs)
-        if block:
-            jax.block_until_ready(out)
-        name = key if f"{key}_calls" in totals else f"{key}_first"
-        totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
-        totals[f"{key}_calls"] = totals.get(f"{key}_calls", 0) + 1
-        return out
-
-    return wrapper
-
-
-def child(args: argparse.Namespace) -> None:
-    """Runs one instrumented cross-validation and prints its timings as JSON."""
-    sys.path.insert(0, str(REPO))
-    start = time.perf_counter()
-    from configs import emodb
-    from msjax import checkpoint
-    from msjax.train import pipeline, run
-
+def bench_config() -> ml_collections.ConfigDict:
+    """EMODB's config, 2 epochs per fold, random weights of the real sizes."""
     config = emodb.get_config()
-    with config.unlocked():
-        config.data_dir = args.data
-        config.cache_dir = args.cache
-        config.ssl.name = "random:base"
-        config.model.random_alexnet = True
-        config.optim.num_epochs = args.epochs
-        config.optim.patience = args.epochs
-        for item in args.set:
-            key, value = item.split("=", 1)
-            try:
-                value = ast.literal_eval(value)
-            except (ValueError, SyntaxError):
-                pass
-            node = config
-            *parents, last = key.split(".")
-            for name in parents:
-                node = node[name]
-            node[last] = value
-    totals: dict = {}
-    make_steps = run.make_steps
+    config.data_dir = str(DEFAULT_DATA)
+    config.ssl.name = "random:base"
+    config.model.random_alexnet = True
+    config.optim.num_epochs = 2
+    return config
 
-    def timed_steps(*a, **k):
-        train_step, eval_step = make_steps(*a, **k)
-        return (
-            _timed(train_step, totals, "train_step", block=True),
-            _timed(eval_step, totals, "eval_step", block=True),
-        )
 
-    run.make_steps = timed_steps
-    checkpoint.save_latest = _timed(checkpoint.save_latest, totals, "checkpoint")
-    checkpoint.save_best = _timed(checkpoint.save_best, totals, "checkpoint")
-    pipeline.FeatureStore.prepare = _timed(pipeline.FeatureStore.prepare, totals, "features")
-    if args.subset < 1.0:
-        load = run.load_dataset
+config_flags.DEFINE_config_dict("config", bench_config(), "The run's config (see the docstring).")
+flags.DEFINE_float("subset", 1.0, "Fraction of the utterances to train on (every k-th).")
+flags.DEFINE_string(
+    "runs", "cold,warm",
+    "Which runs, in order: 'cold,warm', or 'warm' alone over a --config.cache_dir already filled.",
+)
+flags.DEFINE_string("child", None, "Internal: run the config in this JSON file and report.")
+flags.DEFINE_string("workdir", None, "Internal: the child's run directory.")
+FLAGS = flags.FLAGS
 
-        def subset(*a, **k):
-            dataset = load(*a, **k)
-            keep = dataset.utterances[:: round(1 / args.subset)]
-            return type(dataset)(dataset.name, dataset.labels, keep)
 
-        run.load_dataset = subset
-        config.allow_count_mismatch = True
-    results = run.train_and_evaluate(config, args.workdir)
+def child(config_json: str, workdir: str) -> None:
+    """Runs one timed cross-validation and prints its timings as JSON."""
+    start = time.perf_counter()
+    from msjax import timing
+    from msjax.train import run
+
+    config = ml_collections.ConfigDict(json.loads(Path(config_json).read_text()))
+    with timing.recording({}) as totals:
+        results = run.train_and_evaluate(config, Path(workdir))
     totals["wall"] = time.perf_counter() - start
     totals["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     totals["folds"] = len(results.get("folds", []))
@@ -128,14 +95,22 @@ def child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(totals), flush=True)
 
 
-def measure(args: argparse.Namespace, cache: str, label: str) -> dict:
+def subset_manifest(config: ml_collections.ConfigDict, fraction: float, path: Path) -> None:
+    """Points `config` at a manifest of every k-th utterance of its dataset (k = 1/fraction)."""
+    from msjax.data import load_dataset, loader_options, manifest
+
+    dataset = load_dataset(config.dataset, config.data_dir, **loader_options(config))
+    kept = type(dataset)(dataset.name, dataset.labels, dataset.utterances[:: round(1 / fraction)])
+    manifest.write(manifest.dataset_rows(kept, path.parent), path)
+    with config.unlocked():
+        config.dataset, config.data_dir = "manifest", str(path)
+        config.labels, config.label_map = ",".join(dataset.labels), ""
+
+
+def measure(config_json: Path, label: str) -> dict:
     """Runs one child; returns its timings (with its own peak RSS) and process wall time."""
     with tempfile.TemporaryDirectory() as workdir:
-        cmd = [
-            sys.executable, __file__, "--child", "--data", args.data, "--cache", cache,
-            "--workdir", workdir, "--epochs", str(args.epochs), "--subset", str(args.subset),
-            *[f"--set={s}" for s in args.set],
-        ]
+        cmd = [sys.executable, __file__, f"--child={config_json}", f"--workdir={workdir}"]
         start = time.perf_counter()
         done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         wall = time.perf_counter() - start
@@ -169,40 +144,37 @@ def report(label: str, r: dict) -> None:
           f"{100 * steps / max(wall - compile_ - features, 1e-9):.1f}%")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(DEFAULT_DATA))
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--subset", type=float, default=1.0, help="fraction of utterances")
-    parser.add_argument("--set", action="append", default=[], help="config override key=value")
-    parser.add_argument(
-        "--cache", help="feature cache directory, kept afterwards (default: a temporary one)"
-    )
-    parser.add_argument(
-        "--runs", default="cold,warm",
-        help="which runs, in order: 'cold,warm', or 'warm' alone over a --cache already filled",
-    )
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--workdir", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child(args)
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.child:
+        child(FLAGS.child, FLAGS.workdir)
         return
-    runs = args.runs.split(",")
+    config = FLAGS.config
+    overrides = config_flags.get_override_values(FLAGS["config"])
+    runs = FLAGS.runs.split(",")
     if not set(runs) <= {"cold", "warm"}:
-        parser.error(f"--runs={args.runs}: expected cold and/or warm")
-    if "cold" in runs and args.cache and Path(args.cache).exists() and any(
-        Path(args.cache).iterdir()
-    ):
-        parser.error(f"--cache={args.cache} is not empty: a cold run needs an empty cache")
-    print(f"end to end on {args.data}: {args.epochs} epochs per fold, cpu count "
-          f"{os.cpu_count()}, overrides {args.set or 'none'}, runs {args.runs}")
-    with tempfile.TemporaryDirectory() as scratch:
-        cache = args.cache or scratch
-        Path(cache).mkdir(parents=True, exist_ok=True)
+        raise app.UsageError(f"--runs={FLAGS.runs}: expected cold and/or warm")
+    cache = Path(config.cache_dir) if config.cache_dir else None
+    if "cold" in runs and cache and cache.exists() and any(cache.iterdir()):
+        raise app.UsageError(
+            f"--config.cache_dir={cache} is not empty: a cold run needs an empty cache"
+        )
+    print(f"end to end on {config.data_dir}: {config.optim.num_epochs} epochs per fold, cpu "
+          f"count {os.cpu_count()}, overrides {overrides or 'none'}, runs {FLAGS.runs}")
+    with tempfile.TemporaryDirectory() as scratch, config.unlocked():
+        if "optim.patience" not in overrides:
+            config.optim.patience = config.optim.num_epochs
+        if not cache:
+            config.cache_dir = str(Path(scratch) / "cache")
+        Path(config.cache_dir).mkdir(parents=True, exist_ok=True)
+        if FLAGS.subset < 1.0:
+            subset_manifest(config, FLAGS.subset, Path(scratch) / "subset.csv")
+        config_json = Path(scratch) / "config.json"
+        config_json.write_text(config.to_json())
         for label in runs:
-            report(label, measure(args, cache, label))
+            report(label, measure(config_json, label))
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

@@ -12,48 +12,65 @@ three systems on the same folds, WA and UA (percent, mean ± std over folds):
             standardised -> scikit-learn SVC (RBF, C=10, gamma="scale"), trained on
             the fold's training and validation speakers (it needs no early stopping).
 
-The msjax runs use --ssl (a checkpoint directory or hub id for real results;
-`random:<preset>` runs offline with random weights, a smoke setting), --epochs with
-patience equal to it, Adam at --lr, and validate on held-out speakers. Sizes are flags, so a
-cheap setting (small images, small Bi-LSTM, random AlexNet) is one command line.
+The msjax runs use configs/emodb.py with the benchmark's defaults (`bench_config`: a
+random tiny encoder, 10 epochs, a random AlexNet) and validate on held-out speakers;
+`--config.x=y` overrides any field as for bin/train: `--config.ssl.name` a checkpoint
+directory or hub id for real results (`random:<preset>` runs offline with random weights,
+a smoke setting), `--config.model.alexnet_weights=FILE` ported ImageNet AlexNet weights.
+Without `--config.optim.patience` no fold stops early (patience = the epoch count). The
+SVM uses the config's data_dir and seed.
 
-    python bench/learning.py [--data DIR] [--ssl NAME] [--epochs N] [--lr LR] [--image H W]
-        [--lstm-hidden N] [--alexnet-weights FILE] [--workdir DIR]
+    python bench/learning.py [--systems=full,baseline,svm] [--workdir=DIR]
+        [--config.data_dir=DIR] [--config.ssl.name=NAME] [--config.optim.num_epochs=N]
+        [--config.image_size='(64, 96)'] [--config.model.lstm_hidden=32] ...
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import ml_collections
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from configs import emodb  # noqa: E402
+
 EMODB = REPO.parent / "shared" / "data" / "emodb"
+SYSTEMS = ("full", "baseline", "svm")
 
 
-def msjax_run(args: argparse.Namespace, workdir: Path, baseline: bool) -> tuple[list, list]:
+def bench_config() -> ml_collections.ConfigDict:
+    """EMODB's config with a cheap, offline msjax setting (random weights, 10 epochs)."""
+    config = emodb.get_config()
+    config.data_dir = str(EMODB)
+    config.ssl.name = "random:tiny"
+    config.optim.num_epochs = 10
+    config.model.alexnet_weights = ""
+    config.model.random_alexnet = True
+    return config
+
+
+config_flags.DEFINE_config_dict("config", bench_config(), "The msjax runs' config.")
+flags.DEFINE_list("systems", list(SYSTEMS), f"Systems to run, from {', '.join(SYSTEMS)}.")
+flags.DEFINE_string("workdir", None, "Run directories (default: a new temporary one).")
+FLAGS = flags.FLAGS
+
+
+def msjax_run(
+    config: ml_collections.ConfigDict, workdir: Path, baseline: bool
+) -> tuple[list, list]:
     """Per-fold (WA list, UA list) of one msjax training run over all folds."""
-    from configs import emodb
     from msjax.train.run import train_and_evaluate
 
-    config = emodb.get_config()
-    config.data_dir = str(args.data)
-    config.ssl.name = args.ssl
-    config.optim.learning_rate = args.lr
-    config.optim.num_epochs = args.epochs
-    config.optim.patience = args.epochs
-    config.image_size = tuple(args.image)
-    config.model.lstm_hidden = args.lstm_hidden
+    config = config.copy_and_resolve_references()
     config.model.baseline = baseline
-    config.model.alexnet_weights = args.alexnet_weights
-    config.model.random_alexnet = not args.alexnet_weights
-    config.seed = args.seed
     results = train_and_evaluate(config, workdir)
     return [f["wa"] for f in results["folds"]], [f["ua"] for f in results["folds"]]
 
@@ -71,7 +88,7 @@ def utterance_statistics(wav: np.ndarray, sr: int) -> np.ndarray:
     ])
 
 
-def svm_run(args: argparse.Namespace) -> tuple[list, list]:
+def svm_run(config: ml_collections.ConfigDict) -> tuple[list, list]:
     """Per-fold (WA list, UA list) of the MFCC/energy + RBF SVM peer on the same folds."""
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -82,12 +99,12 @@ def svm_run(args: argparse.Namespace) -> tuple[list, list]:
     from msjax.data import load_dataset
     from msjax.data.folds import make_folds
 
-    dataset = load_dataset("emodb", args.data)
+    dataset = load_dataset("emodb", config.data_dir)
     label_id = {name: i for i, name in enumerate(dataset.labels)}
     x = {u.uid: utterance_statistics(load_audio(u.path), 16000) for u in dataset.utterances}
     y = {u.uid: label_id[u.label] for u in dataset.utterances}
     was, uas = [], []
-    for fold in make_folds(dataset, "loso", seed=args.seed):
+    for fold in make_folds(dataset, "loso", seed=config.seed):
         train = list(fold.train) + list(fold.val)
         clf = make_pipeline(StandardScaler(), SVC(C=10.0, gamma="scale"))
         clf.fit(np.stack([x[u] for u in train]), [y[u] for u in train])
@@ -98,35 +115,30 @@ def svm_run(args: argparse.Namespace) -> tuple[list, list]:
     return was, uas
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", type=Path, default=EMODB)
-    parser.add_argument("--ssl", default="random:tiny", help="SSL encoder for msjax runs")
-    parser.add_argument("--epochs", type=int, default=10, help="msjax epoch budget per fold")
-    parser.add_argument("--lr", type=float, default=1e-5, help="Adam learning rate (paper: 1e-5)")
-    parser.add_argument("--image", type=int, nargs=2, default=(256, 384))
-    parser.add_argument("--lstm-hidden", type=int, default=256)
-    parser.add_argument("--alexnet-weights", default="", help="ported ImageNet AlexNet (.npz)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--systems", nargs="+", default=["full", "baseline", "svm"],
-                        choices=["full", "baseline", "svm"])
-    args = parser.parse_args(argv)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="msjax-learning-"))
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    if not set(FLAGS.systems) <= set(SYSTEMS):
+        raise app.UsageError(f"--systems={','.join(FLAGS.systems)}: choose from {SYSTEMS}")
+    config = FLAGS.config
+    if "optim.patience" not in config_flags.get_override_values(FLAGS["config"]):
+        config.optim.patience = config.optim.num_epochs
+    workdir = Path(FLAGS.workdir or tempfile.mkdtemp(prefix="msjax-learning-"))
     rows = []
-    for system in args.systems:
+    for system in FLAGS.systems:
         start = time.perf_counter()
         if system == "svm":
-            was, uas = svm_run(args)
+            was, uas = svm_run(config)
         else:
-            was, uas = msjax_run(args, workdir / system, baseline=system == "baseline")
+            was, uas = msjax_run(config, workdir / system, baseline=system == "baseline")
         seconds = time.perf_counter() - start
         rows.append((system, was, uas, seconds))
+    height, width = config.image_size
     print(
-        f"EMODB {len(rows[0][1])}-fold LOSO; msjax: --ssl={args.ssl}, {args.epochs} epochs "
-        f"at lr {args.lr:g}, "
-        f"image {args.image[0]}x{args.image[1]}, Bi-LSTM {args.lstm_hidden}, AlexNet "
-        f"{'ImageNet' if args.alexnet_weights else 'random'}, seed {args.seed}"
+        f"EMODB {len(rows[0][1])}-fold LOSO; msjax: --config.ssl.name={config.ssl.name}, "
+        f"{config.optim.num_epochs} epochs at lr {config.optim.learning_rate:g}, "
+        f"image {height}x{width}, Bi-LSTM {config.model.lstm_hidden}, AlexNet "
+        f"{config.model.alexnet_weights or 'random'}, seed {config.seed}"
     )
     print(f"{'system':10s} {'WA %':>14s} {'UA %':>14s} {'time s':>8s}")
     for system, was, uas, seconds in rows:
@@ -136,4 +148,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    app.run(main)

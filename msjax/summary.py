@@ -31,13 +31,18 @@ def run_seeds(config: Mapping) -> list[int]:
     return [config["seed"] + s for s in range(config.get("seeds", 1))]
 
 
+def fold_dir(workdir: Path, fold: int) -> Path:
+    """Fold `fold`'s directory in a run's workdir: workdir/fold_XX."""
+    return Path(workdir) / f"fold_{fold:02d}"
+
+
 def run_dirs(workdir: Path, fold: int, config: Mapping) -> list[tuple[int, Path]]:
     """(seed, directory) of each training of fold `fold` (see the module docstring)."""
-    fold_dir = Path(workdir) / f"fold_{fold:02d}"
+    base = fold_dir(workdir, fold)
     seeds = run_seeds(config)
     if len(seeds) == 1:
-        return [(seeds[0], fold_dir)]
-    return [(seed, fold_dir / f"seed_{seed}") for seed in seeds]
+        return [(seeds[0], base)]
+    return [(seed, base / f"seed_{seed}") for seed in seeds]
 
 
 def read_json(path: Path) -> dict:

@@ -60,12 +60,23 @@ TINY = [
 ]
 
 
-def run(command: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """bin/<command> in a fresh process, as a user runs it."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+def cpu_env(**extra: str) -> dict[str, str]:
+    """This process's environment with JAX on the CPU, plus `extra`."""
+    return dict(os.environ, JAX_PLATFORMS="cpu", **extra)
+
+
+def bin_command(command: str, *args: str) -> list[str]:
+    """The command line of bin/<command>."""
+    return [sys.executable, str(REPO / "bin" / command), *args]
+
+
+def run(
+    command: str, *args: str, timeout: float = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """bin/<command> in a fresh process, as a user runs it (in `cpu_env()` by default)."""
     return subprocess.run(
-        [sys.executable, str(REPO / "bin" / command), *args],
-        capture_output=True, text=True, timeout=timeout, env=env,
+        bin_command(command, *args), capture_output=True, text=True, timeout=timeout,
+        env=env or cpu_env(),
     )
 
 

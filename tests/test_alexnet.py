@@ -1,9 +1,6 @@
 """AlexNet features and adaptive pooling against torchvision; the weight porter."""
 
 import copy
-import subprocess
-import sys
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from conftest import ok, run
 
 from msjax.convert.torchvision import (
     alexnet_params,
@@ -21,8 +19,6 @@ from msjax.convert.torchvision import (
 )
 from msjax.errors import CheckpointError
 from msjax.models.alexnet import AlexNetFeatures, adaptive_avg_pool
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -95,13 +91,8 @@ def test_adaptive_pool_matches_torch(hw):
 def test_pth_round_trip_through_script(torch_alexnet, tmp_path):
     pth, out = tmp_path / "alexnet.pth", tmp_path / "params" / "alexnet.npz"
     torch.save(torch_alexnet.state_dict(), pth)
-    result = subprocess.run(
-        [sys.executable, str(REPO / "bin" / "port_alexnet"), f"--pth={pth}", f"--out={out}"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
+    done = ok(run("port_alexnet", f"--pth={pth}", f"--out={out}"))
+    assert done.stdout.startswith(f"wrote {out}: 5 conv layers")
     loaded = load_alexnet_params(out)
     want = torch_alexnet.state_dict()
     np.testing.assert_array_equal(
@@ -109,6 +100,24 @@ def test_pth_round_trip_through_script(torch_alexnet, tmp_path):
     )
     np.testing.assert_array_equal(loaded["features_10"]["bias"], want["features.10.bias"].numpy())
     assert alexnet_params(out)["features_0"]["kernel"].shape == (11, 11, 3, 64)
+
+
+@pytest.mark.parametrize(
+    "args,code,message",
+    [
+        (["--pth={tmp}/bad.pth", "--out={tmp}/out.npz"], 3, "bad.pth: damaged .pth"),
+        (["--pth={tmp}/absent.pth", "--out={tmp}/out.npz"], 3, "absent.pth: no such file"),
+        (["--out={tmp}/out.npz"], 2, "--pth"),
+        (["--pth={tmp}/bad.pth", "--out={tmp}/out.npz", "extra"], 2, "unexpected arguments"),
+    ],
+)
+def test_port_script_errors_are_one_line(tmp_path, args, code, message):
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    done = run("port_alexnet", *[a.format(tmp=tmp_path) for a in args])
+    assert done.returncode == code, done.stderr[-2000:]
+    assert done.stderr.startswith("error: ") and message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "out.npz").exists()
 
 
 def test_port_pth_errors(tmp_path):

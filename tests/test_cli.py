@@ -3,17 +3,15 @@
 
 import csv
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import REPO, TINY, ok, run
+from conftest import TINY, bin_command, cpu_env, ok, run
 
 
 def test_train_writes_every_artifact(trained):
@@ -76,10 +74,9 @@ def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(trained, tmp_path):
     workdir = tmp_path / "killed"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
     proc = subprocess.Popen(
-        [sys.executable, str(REPO / "bin" / "train"), f"--workdir={workdir}", *TINY],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+        bin_command("train", f"--workdir={workdir}", *TINY),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cpu_env(),
     )
     try:
         # Fold 0 saved its first epoch: kill it in the middle of the fold.

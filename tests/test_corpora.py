@@ -3,18 +3,15 @@ and that they load through the manifest's code path (`bin/manifest` writes them)
 
 import csv
 import logging
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import run
 
 from msjax.data import cremad, load_dataset, manifest, ravdess
 from msjax.errors import DataError, LabelError, LayoutError
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def write_wav(path: Path, n: int = 320) -> None:
@@ -136,21 +133,20 @@ def test_corpus_written_as_manifest_loads_back_equal(tmp_path):
 def test_bin_manifest_writes_a_corpus_and_reports_errors(tmp_path):
     root = make_ravdess(tmp_path / "r")
 
-    def run(*args):
-        command = [sys.executable, str(REPO / "bin" / "manifest"), "--dataset=ravdess", *args]
-        return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    def run_manifest(*args):
+        return run("manifest", "--dataset=ravdess", *args, timeout=300)
 
     out = tmp_path / "ravdess.tsv"
-    done = run(f"--data_dir={root}", f"--output={out}", "--allow_count_mismatch")
+    done = run_manifest(f"--data_dir={root}", f"--output={out}", "--allow_count_mismatch")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"{out}: 24 rows of ravdess, 3 speakers (neutral 3, calm 3")
     assert manifest.load(out, labels=ravdess.LABELS).utterances == ravdess.load(
         root, allow_count_mismatch=True
     ).utterances
-    failed = run(f"--data_dir={root}", f"--output={tmp_path / 'x.csv'}")
+    failed = run_manifest(f"--data_dir={root}", f"--output={tmp_path / 'x.csv'}")
     assert failed.returncode == 3 and "24 utterances, expected 1440" in failed.stderr
     assert not (tmp_path / "x.csv").exists()
-    wrong = run(f"--data_dir={root}", f"--output={tmp_path / 'x.txt'}")
+    wrong = run_manifest(f"--data_dir={root}", f"--output={tmp_path / 'x.txt'}")
     assert wrong.returncode == 2
     assert wrong.stderr.strip().splitlines()[-1] == (
         f"error: --output={tmp_path / 'x.txt'}: a manifest ends in .csv, .tsv, .jsonl"

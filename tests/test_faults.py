@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from absl import flags
-from conftest import REPO, TINY, ok, run
+from conftest import REPO, TINY, bin_command, cpu_env, ok, run
 
 from configs import synthetic
 from msjax import checkpoint, lock
@@ -340,10 +340,10 @@ def _dead_pid() -> int:
 def test_second_train_on_a_workdir_is_refused_at_once(trained, tmp_path):
     workdir = tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, str(REPO / "bin" / "train"), f"--workdir={workdir}", *TINY,
-         f"--config.data_dir={trained / 'corpus'}", f"--config.cache_dir={trained / 'cache'}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        bin_command("train", f"--workdir={workdir}", *TINY,
+                    f"--config.data_dir={trained / 'corpus'}",
+                    f"--config.cache_dir={trained / 'cache'}"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cpu_env(),
     )
     try:
         start = time.time()
@@ -486,7 +486,7 @@ def test_failed_orbax_write_is_one_line_and_a_rerun_finishes(trained, tmp_path):
             f"--config.cache_dir={trained / 'cache'}"]
     done = subprocess.run(
         [sys.executable, str(REPO / "bin" / "train"), *args], capture_output=True, text=True,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"), preexec_fn=_file_size_limit(12 << 10),
+        env=cpu_env(), preexec_fn=_file_size_limit(12 << 10),
     )
     one_error(done, 3, f"{workdir / 'fold_00' / 'best'}: cannot write the best checkpoint",
               "File too large")
@@ -530,7 +530,7 @@ def test_disk_filling_up_during_an_orbax_write_is_one_line(trained, tmp_path):
         ["unshare", "-rm", "bash", "-c", _ON_SMALL_TMPFS, "bash", str(mnt), sys.executable,
          "-c", _NO_SPACE_CHECK, f"--workdir={workdir}", *TINY, "--fold=0",
          f"--config.data_dir={trained / 'corpus'}", f"--config.cache_dir={trained / 'cache'}"],
-        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        capture_output=True, text=True, cwd=REPO, env=cpu_env(),
     )
     one_error(done, 3, f"{workdir / 'fold_00' / 'latest'}: cannot write the resume checkpoint",
               "No space left on device")

@@ -5,12 +5,11 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY, ok, run
+from conftest import TINY, bin_command, cpu_env, ok, run
 
 from msjax.files import write_once
 
@@ -98,12 +97,10 @@ def test_two_fold_jobs_at_once_then_summarize_match_the_sequential_run(trained, 
     """Both jobs generate the synthetic corpus and fill the feature cache of one
     workdir at the same time."""
     workdir = tmp_path / "run"
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
     jobs = [
         subprocess.Popen(
-            [sys.executable, str(REPO / "bin" / "train"), f"--workdir={workdir}", *TINY,
-             f"--fold={k}"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            bin_command("train", f"--workdir={workdir}", *TINY, f"--fold={k}"),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cpu_env(),
         )
         for k in (0, 1)
     ]

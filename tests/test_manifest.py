@@ -2,14 +2,12 @@
 EMODB written as a manifest giving exactly what the EMODB loader gives."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import run
 
 from msjax.cache import FeatureCache
 from msjax.data import emodb, load_dataset, manifest
@@ -252,9 +250,7 @@ def test_jsonl_numbers_become_strings(tmp_path):
 def test_bin_train_reads_label_options_from_the_config(tmp_path):
     rows = corpus(tmp_path, labels=("neu", "ang", "exc", "oth"), n=2)
     manifest.write(rows, tmp_path / "list.csv")
-    command = [
-        sys.executable,
-        str(Path(__file__).resolve().parents[1] / "bin" / "train"),
+    args = [
         "--dataset=manifest",
         f"--data_dir={tmp_path / 'list.csv'}",
         f"--workdir={tmp_path / 'w'}",
@@ -262,17 +258,10 @@ def test_bin_train_reads_label_options_from_the_config(tmp_path):
         "--config.label_map=exc:hap,oth:",
         "--dry_run",
     ]
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    done = run("train", *args, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("manifest: 24 utterances, 4 speakers, protocol loso")
     assert "  neu   ang   hap  speakers" in done.stdout
-    bad = subprocess.run(
-        command[:-3] + ["--config.labels=neu,ang"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    bad = run("train", *args[:-3], "--config.labels=neu,ang", timeout=300)
     assert bad.returncode == 3
     assert "label 'exc' is not one of neu, ang" in bad.stderr

@@ -2,24 +2,22 @@
 
 import functools
 import json
-import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import REPO, cpu_env
 
 from msjax.models.emoboost import MSEmoBoost, dummy_batch
 from msjax.train.loop import FoldRunner, NonFiniteLossError
 from msjax.train.pipeline import Entry
 from msjax.train.steps import create_state, make_mesh, make_steps
 
-REPO = Path(__file__).resolve().parents[1]
 B, FRAMES, BINS, SSL_FRAMES, SSL_DIM, CLASSES = 4, 50, 200, 10, 8, 3
 IMAGE = (64, 96)
 
@@ -152,8 +150,7 @@ _PROBE = textwrap.dedent(
 
 
 def _probe(devices: int) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env = cpu_env(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     code = _PROBE.format(tests=str(REPO / "tests"))
     done = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600

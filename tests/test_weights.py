@@ -5,19 +5,16 @@ local files (a download that fails, is corrupted or is interrupted caches nothin
 import collections
 import hashlib
 import io
-import os
 import pickle
-import subprocess
-import sys
 import urllib.error
 import zipfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 import torchvision
+from conftest import cpu_env, run
 
 from msjax.convert import download
 from msjax.convert.pth import read_pth
@@ -237,27 +234,10 @@ def test_train_without_network_stops_before_feature_work(tmp_path):
             lines.append(f"{speaker}{emotion}.wav,{emotion},{speaker}")
     (tmp_path / "list.csv").write_text("\n".join(lines))
     dead = "http://127.0.0.1:9"
-    env = dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        https_proxy=dead,
-        http_proxy=dead,
-        MSJAX_CACHE_DIR=str(tmp_path / "weights"),
-    )
-    repo = Path(__file__).resolve().parents[1]
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(repo / "bin" / "train"),
-            "--dataset=manifest",
-            f"--data_dir={tmp_path / 'list.csv'}",
-            f"--workdir={tmp_path / 'run'}",
-            "--ssl=random:tiny",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    env = cpu_env(https_proxy=dead, http_proxy=dead, MSJAX_CACHE_DIR=str(tmp_path / "weights"))
+    done = run(
+        "train", "--dataset=manifest", f"--data_dir={tmp_path / 'list.csv'}",
+        f"--workdir={tmp_path / 'run'}", "--ssl=random:tiny", timeout=300, env=env,
     )
     assert done.returncode == 3, done.stderr
     last = done.stderr.strip().splitlines()[-1]

@@ -24,10 +24,17 @@ from ml_collections import config_flags
 from msjax.errors import DataError, MsjaxError, UsageError
 from msjax.validation import field_names, unknown_field_message
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPO_ROOT / "configs"
 DATASETS = ("synthetic", "emodb", "emovo", "iemocap", "ravdess", "cremad", "manifest")
 FLAGS = flags.FLAGS
+
+
+def config_file(dataset: str) -> Path:
+    """configs/<dataset>.py (default.py for an unknown name) of the `configs` package:
+    the checkout's, or the copy a regular install puts beside msjax."""
+    import configs  # only commands that run on a config need the package
+
+    name = dataset if dataset in DATASETS else "default"
+    return Path(configs.__file__).parent / f"{name}.py"
 
 
 def _dataset_from_argv(argv: Sequence[str]) -> str:
@@ -43,7 +50,7 @@ def _dataset_from_argv(argv: Sequence[str]) -> str:
 def define_run_flags() -> None:
     """Flags of every command that runs on a dataset config."""
     dataset = _dataset_from_argv(sys.argv)
-    default = CONFIG_DIR / f"{dataset if dataset in DATASETS else 'default'}.py"
+    default = config_file(dataset)
     try:
         config_flags.DEFINE_config_file("config", str(default), "Config file.", lock_config=True)
     except (KeyError, AttributeError):

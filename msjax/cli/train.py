@@ -44,3 +44,7 @@ def main() -> int:
 
 def run() -> None:
     common.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msjax.convert import mismatch
 from msjax.encoders import Encoder
 from msjax.errors import CheckpointError
 from msjax.models.ssl import SSLConfig, SSLEncoder
@@ -62,7 +63,6 @@ _HUB_FILES = [
     "pytorch_model.bin.index.json",
     "pytorch_model-*.bin",
 ]
-_MAX_LISTED = 8
 
 
 def load_ssl(
@@ -262,7 +262,7 @@ def _convert(
             continue
         value = _to_flax_layout(np.asarray(tensors[key], np.float32))
         if value.shape != expected[path].shape:
-            wrong.append(f"{key} {list(tensors[key].shape)} (expects {list(expected[path].shape)})")
+            wrong.append(mismatch.wrong_shape(key, tensors[key].shape, expected[path].shape))
             continue
         flat[path] = value
         used[name] = tensors[key]
@@ -273,20 +273,10 @@ def _convert(
         flat[missing.pop()] = np.asarray(
             jax.random.uniform(jax.random.key(0), (cfg.hidden_size,)), np.float32
         )
-    if missing or unexpected or wrong:
-        problems = []
-        for label, names in (
-            ("missing", [_hf_name(p) for p in missing]),
-            ("unexpected", unexpected),
-            ("wrong shape", wrong),
-        ):
-            if names:
-                shown = ", ".join(names[:_MAX_LISTED])
-                more = f" and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
-                problems.append(f"{label}: {shown}{more}")
-        raise CheckpointError(
-            f"{source}: does not match the {cfg.model_type} encoder ({'; '.join(problems)})"
-        )
+    mismatch.check(
+        str(source), f"does not match the {cfg.model_type} encoder",
+        [_hf_name(p) for p in missing], unexpected, wrong,
+    )
     params = flax.traverse_util.unflatten_dict({k: jnp.asarray(v) for k, v in flat.items()})
     return params, used
 

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from msjax.convert import mismatch
 from msjax.errors import CheckpointError
 from msjax.models.bilstm import DIRECTIONS
 
@@ -60,12 +61,10 @@ def port_lstm(
         for kind in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
     }
     present = {k for k in state_dict if k.startswith(prefix)}
-    missing, unexpected = sorted(names - present), sorted(present - names)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{source}: not a {num_layers}-layer bidirectional LSTM; "
-            f"missing: {', '.join(missing) or '-'}; unexpected: {', '.join(unexpected) or '-'}"
-        )
+    mismatch.check(
+        source, f"not a {num_layers}-layer bidirectional LSTM",
+        missing=sorted(names - present), unexpected=sorted(present - names),
+    )
     params: dict = {}
     for k in range(num_layers):
         layer = params[f"layer_{k}"] = {}

@@ -2,7 +2,7 @@
 
 The weights come from torchvision's download URL for `alexnet(weights="IMAGENET1K_V1")`,
 https://download.pytorch.org/models/alexnet-owt-7be5be79.pth . Training downloads and
-ports them on first use (`msjax.convert.download`, no torch needed); by hand, with torch:
+ports them on first use (`msjax.convert.download`); by hand (neither needs torch):
 
     bin/port_alexnet --pth=alexnet-owt-7be5be79.pth --out=alexnet_imagenet.npz
 
@@ -10,16 +10,20 @@ The msjax file is a NumPy .npz archive: one float32 array per parameter, keyed b
 '/'-joined path in the Flax tree ("features_0/kernel", ...), readable without Flax.
 Only the `features` convolutions are kept; torchvision's classifier is not used by
 MS-EmoBoost, so its tensors are known and dropped. Any other difference (a missing,
-unexpected or mis-shaped tensor) is a CheckpointError listing the names.
+unexpected or mis-shaped tensor) is a CheckpointError listing the names
+(`msjax.convert.mismatch`).
 """
 
 from collections.abc import Mapping
 from pathlib import Path
 
+import flax.traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msjax.convert import mismatch
+from msjax.convert.pth import read_pth
 from msjax.errors import CheckpointError
 from msjax.files import atomic_write
 from msjax.models.alexnet import CONV_LAYERS, AlexNetFeatures
@@ -42,38 +46,15 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
     abstract = jax.eval_shape(
         AlexNetFeatures().init, jax.random.key(0), jnp.zeros((1, 224, 224, 3), jnp.float32)
     )
-    leaves = jax.tree_util.tree_leaves_with_path(abstract["params"])
-    return {"/".join(k.key for k in path): tuple(leaf.shape) for path, leaf in leaves}
-
-
-def _unflatten(flat: Mapping[str, np.ndarray]) -> dict:
-    tree: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split("/")
-        node = tree
-        for name in parents:
-            node = node.setdefault(name, {})
-        node[leaf] = value
-    return tree
+    flat = flax.traverse_util.flatten_dict(abstract["params"], sep="/")
+    return {path: tuple(leaf.shape) for path, leaf in flat.items()}
 
 
 def _check(flat: Mapping[str, np.ndarray], source: str) -> None:
     """Raises CheckpointError unless `flat` has exactly the expected paths and shapes."""
-    want = expected_shapes()
-    missing = sorted(set(want) - set(flat))
-    unexpected = sorted(set(flat) - set(want))
-    wrong = sorted(
-        f"{k} {tuple(flat[k].shape)} != {want[k]}"
-        for k in set(want) & set(flat)
-        if tuple(flat[k].shape) != want[k]
-    )
-    problems = [
-        f"{label}: {', '.join(names)}"
-        for label, names in (("missing", missing), ("unexpected", unexpected), ("shape", wrong))
-        if names
-    ]
-    if problems:
-        raise CheckpointError(f"{source}: not AlexNet features weights; " + "; ".join(problems))
+    got = {path: value.shape for path, value in flat.items()}
+    problems = mismatch.compare(got, expected_shapes())
+    mismatch.check(source, "not AlexNet features weights", *problems)
 
 
 def port_state_dict(state_dict: Mapping[str, object], source: str = "state dict") -> dict:
@@ -90,20 +71,19 @@ def port_state_dict(state_dict: Mapping[str, object], source: str = "state dict"
     Raises:
         CheckpointError: a tensor is missing, unexpected or has the wrong shape.
     """
-    unknown = sorted(k for k in state_dict if k not in NAME_TABLE and k not in IGNORED)
-    missing = sorted(k for k in NAME_TABLE if k not in state_dict)
-    if unknown or missing:
-        raise CheckpointError(
-            f"{source}: not a torchvision AlexNet state dict; "
-            f"missing: {', '.join(missing) or '-'}; unexpected: {', '.join(unknown) or '-'}"
-        )
+    mismatch.check(
+        source,
+        "not a torchvision AlexNet state dict",
+        missing=sorted(k for k in NAME_TABLE if k not in state_dict),
+        unexpected=sorted(k for k in state_dict if k not in NAME_TABLE and k not in IGNORED),
+    )
     flat = {}
     for torch_name, (path, perm) in NAME_TABLE.items():
         tensor = state_dict[torch_name]
         array = np.asarray(tensor.detach().cpu() if hasattr(tensor, "detach") else tensor)
         flat[path] = np.ascontiguousarray(array.transpose(perm) if perm else array, np.float32)
     _check(flat, source)
-    return _unflatten(flat)
+    return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
 def port_pth(pth: Path, out: Path) -> dict:
@@ -119,15 +99,10 @@ def port_pth(pth: Path, out: Path) -> dict:
     Raises:
         CheckpointError: the .pth is missing, unreadable or not AlexNet.
     """
-    import torch  # Only the one-off port needs PyTorch.
-
     pth = Path(pth)
     if not pth.is_file():
         raise CheckpointError(f"{pth}: no such file; download it from {ALEXNET_URL}")
-    try:
-        state_dict = torch.load(pth, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a corrupt file.
-        raise CheckpointError(f"{pth}: cannot read as a PyTorch checkpoint ({e})") from e
+    state_dict = read_pth(pth)
     if not isinstance(state_dict, Mapping):
         raise CheckpointError(f"{pth}: holds a {type(state_dict).__name__}, not a state dict")
     params = port_state_dict(state_dict, str(pth))
@@ -137,10 +112,7 @@ def port_pth(pth: Path, out: Path) -> dict:
 
 def save_params(params: Mapping, out: Path) -> None:
     """Writes AlexNetFeatures params to an .npz file keyed by '/'-joined paths."""
-    flat = {
-        "/".join(k.key for k in path): np.asarray(leaf)
-        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-    }
+    flat = {k: np.asarray(v) for k, v in flax.traverse_util.flatten_dict(params, sep="/").items()}
     atomic_write(Path(out), lambda f: np.savez(f, **flat), "the AlexNet params")
 
 
@@ -164,7 +136,9 @@ def load_alexnet_params(path: Path) -> dict:
     except Exception as e:  # zipfile/ValueError/OSError for damaged archives.
         raise CheckpointError(f"{path}: cannot read as an .npz params file ({e})") from e
     _check(flat, str(path))
-    return _unflatten({k: v.astype(np.float32) for k, v in flat.items()})
+    return flax.traverse_util.unflatten_dict(
+        {k: v.astype(np.float32) for k, v in flat.items()}, sep="/"
+    )
 
 
 def alexnet_params(path: Path | None, rng: jax.Array | None = None) -> dict:

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from msjax import checkpoint, inference, progress
+from msjax import checkpoint, inference, progress, timing
 from msjax import metrics as M
 from msjax.errors import DataError
 from msjax.train.pipeline import Entry, FeatureStore, device_batch, iterate_batches, prefetch
@@ -158,11 +158,13 @@ class FoldRunner:
                 loop.update(best_score=score, best_epoch=epoch, bad_epochs=0)
                 variables = {"params": state["params"], "norm": state["norm"]}
                 meta = dict(metadata, epoch=epoch, val_wa=val["wa"], val_ua=val["ua"])
-                checkpoint.save_best(fold_dir, epoch, variables, meta)
+                with timing.section("checkpoint"):
+                    checkpoint.save_best(fold_dir, epoch, variables, meta)
             else:
                 loop["bad_epochs"] += 1
             loop["epoch"] = epoch
-            checkpoint.save_latest(fold_dir, epoch, state, loop)
+            with timing.section("checkpoint"):
+                checkpoint.save_latest(fold_dir, epoch, state, loop)
             log.info(
                 "fold %d epoch %d: loss %.4f acc %.3f val WA %.4f UA %.4f%s", fold, epoch, loss,
                 accuracy, val["wa"], val["ua"], " *" if loop["best_epoch"] == epoch else "",

@@ -18,6 +18,7 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import time
@@ -27,7 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from msjax import inference, lock, progress, report
+from msjax import inference, lock, progress, report, timing
 from msjax import metrics as M
 from msjax.audio import wav_header_problem
 from msjax.cache import FeatureCache, audio_hash
@@ -39,7 +40,7 @@ from msjax.data.synthetic import generate_corpus
 from msjax.encoders import Encoder, load_encoder
 from msjax.errors import DataError, UsageError, writing
 from msjax.features import FeatureConfig
-from msjax.files import write_once
+from msjax.files import atomic_write, write_once
 from msjax.image import fit_minmax
 from msjax.summary import finished_runs, run_dirs, write_summary
 from msjax.train import setup
@@ -237,7 +238,8 @@ def _train_folds(config, workdir: Path, dataset: Dataset, folds, encoder, start:
         workers=config.feature_workers or None,
     )
     log.info("preparing features for %d utterances", len(dataset))
-    entries = store.prepare(dataset, progress=progress.stage("features"))
+    with timing.section("features"):
+        entries = store.prepare(dataset, progress=progress.stage("features"))
 
     # One model and one pair of jitted steps for every fold: shapes agree, so
     # the steps compile once per run.
@@ -251,6 +253,8 @@ def _train_folds(config, workdir: Path, dataset: Dataset, folds, encoder, start:
         normalize_wav=inference.wav_normalizer(encoder, config.ssl.finetune),
         compute_dtype=setup.compute_dtype(config),
     )
+    train_step = timing.timed("train_step", train_step, block=True)
+    eval_step = timing.timed("eval_step", eval_step, block=True)
     devices = mesh.devices.size
     runner = FoldRunner(
         store=store,
@@ -356,8 +360,9 @@ def run_fold(
 
 def _write_predictions(path: Path, test: dict, labels) -> None:
     probs = inference.probabilities(test["logprobs"])
-    with writing(path, "the test predictions"), open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["uid", "label", "prediction", *[f"p_{name}" for name in labels]])
-        for uid, label, p in zip(test["uids"], test["labels"], probs):
-            writer.writerow([uid, labels[label], labels[int(p.argmax())], *np.round(p, 6)])
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["uid", "label", "prediction", *[f"p_{name}" for name in labels]])
+    for uid, label, p in zip(test["uids"], test["labels"], probs):
+        writer.writerow([uid, labels[label], labels[int(p.argmax())], *np.round(p, 6)])
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()), "the test predictions")

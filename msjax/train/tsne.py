@@ -9,6 +9,7 @@ import numpy as np
 
 from msjax import checkpoint, inference, report
 from msjax.features import FeatureConfig
+from msjax.summary import fold_dir
 from msjax.train import setup
 from msjax.train.pipeline import iterate_batches
 
@@ -36,7 +37,7 @@ def write_tsne(config, workdir: Path, dataset, folds, entries, store, encoder) -
 
     plain, enhanced, labels = [], [], []
     for fold in folds:
-        best_dir, _ = checkpoint.load_metadata(workdir / f"fold_{fold.index:02d}")
+        best_dir, _ = checkpoint.load_metadata(fold_dir(workdir, fold.index))
         variables = checkpoint.restore_best(best_dir, None)
         test = [entries[u] for u in fold.test]
         rows: dict[str, list] = {"mean_pooled": [], "enhanced": []}
