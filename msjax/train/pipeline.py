@@ -24,7 +24,8 @@ import numpy as np
 
 from msjax.cache import FeatureCache, audio_hash
 from msjax.data.records import Dataset, Utterance
-from msjax.features import FeatureConfig, iter_file_features, segment
+from msjax.feature_pool import iter_file_features
+from msjax.features import FeatureConfig, segment
 
 
 @dataclasses.dataclass(frozen=True)
