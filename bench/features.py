@@ -49,12 +49,8 @@ import numpy as np
 from joblib.externals.loky import get_reusable_executor
 
 from msjax.audio import load_audio
-from msjax.features import (
-    FeatureConfig,
-    default_workers,
-    iter_file_features,
-    iter_utterance_features,
-)
+from msjax.feature_pool import default_workers, iter_file_features, iter_utterance_features
+from msjax.features import FeatureConfig
 
 CFG = FeatureConfig()
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
@@ -130,7 +126,7 @@ _HOLD_SECONDS = 0.3
 
 
 def _hold_worker(_: int) -> int:
-    import msjax.features  # noqa: F401  (what a feature task loads first)
+    import msjax.feature_pool  # noqa: F401  (what a feature task loads first)
 
     # Long enough that a started worker leaves the other tasks of a round to others.
     time.sleep(_HOLD_SECONDS)
@@ -138,7 +134,7 @@ def _hold_worker(_: int) -> int:
 
 
 def warm_pool(workers: int) -> float:
-    """Starts the pool `msjax.features` uses (loky's reusable one); returns the seconds.
+    """Starts the pool `msjax.feature_pool` uses (loky's reusable one); returns the seconds.
 
     Its workers exit after 10 s idle, and a call that has to start them pays their
     imports (1-2 s): the timed passes measure extraction, not this start-up. Rounds

@@ -129,6 +129,11 @@ def ablation_table(rows: Sequence[Mapping]) -> str:
     return report.format_table(cells, columns) + "\n\n" + note
 
 
+def table_line(workdir: Path) -> str:
+    """The line that ends an ablation: where its table files are."""
+    return f"ablation table: {Path(workdir) / 'ablation.txt'} (also ablation.csv, ablation.json)"
+
+
 def write_ablation(rows: Sequence[Mapping], workdir: Path) -> str:
     """Writes ablation.txt, ablation.csv and ablation.json; returns the table."""
     table = ablation_table(rows)

@@ -171,7 +171,7 @@ def summarize_workdir(workdir: Path) -> str:
     workdir = Path(workdir)
     if (workdir / "config.json").exists():
         results, table = write_summary(workdir)
-        return table + "\n" + _finished(workdir, results)
+        return table + "\n" + results_line(workdir, results)
     variants = [v for v in ablation.VARIANTS if (workdir / v / "config.json").exists()]
     if not variants:
         raise UsageError(f"{workdir}: no run here (neither config.json nor ablation variants)")
@@ -182,14 +182,20 @@ def summarize_workdir(workdir: Path) -> str:
             continue
         summary, _ = write_summary(workdir / variant)
         results[variant] = ablation.read_fold_results(workdir / variant)
-        lines.append(_finished(workdir / variant, summary))
+        lines.append(results_line(workdir / variant, summary))
     if ablation.REFERENCE in results:
-        lines.insert(0, ablation.write_ablation(ablation.ablation_rows(results), workdir) + "\n")
+        table = ablation.write_ablation(ablation.ablation_rows(results), workdir)
+        lines += ["", table, ablation.table_line(workdir)]
     return "\n".join(lines)
 
 
-def _finished(run_dir: Path, results: Mapping) -> str:
-    done = f"{run_dir / 'results.json'}: {len(results['folds'])} trainings"
-    if results["missing"]:
-        return f"{done}; missing {', '.join(results['missing'])}"
-    return f"{done}, all finished"
+def results_line(run_dir: Path, results: Mapping) -> str:
+    """The line that ends a run: where results.json is, the mean ± std of each metric
+    over the trainings (in points) and which are missing."""
+    metrics = "  ".join(
+        f"{name} {100 * results['mean'][key]:.2f} ± {100 * results['std'][key]:.2f}"
+        for name, key in SUMMARY_METRICS
+    )
+    done = f"{len(results['folds'])} trainings"
+    done += f", missing {', '.join(results['missing'])}" if results["missing"] else ", all finished"
+    return f"results: {Path(run_dir) / 'results.json'}  {metrics}  ({done})"

@@ -86,9 +86,14 @@ def ok(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> Path:
-    """A finished tiny bin/train run (shared: training is the slow part). Tests that
-    damage it work on a copy."""
+def trained_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A finished tiny bin/train run and what it printed (shared: training is the slow
+    part). Tests that damage the workdir work on a copy."""
     workdir = tmp_path_factory.mktemp("train")
-    ok(run("train", f"--workdir={workdir}", "--tsne", *TINY))
-    return workdir
+    return workdir, ok(run("train", f"--workdir={workdir}", "--tsne", *TINY))
+
+
+@pytest.fixture(scope="session")
+def trained(trained_run) -> Path:
+    """The workdir of `trained_run`."""
+    return trained_run[0]

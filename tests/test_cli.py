@@ -3,6 +3,7 @@
 
 import csv
 import json
+import re
 import signal
 import subprocess
 import time
@@ -158,7 +159,16 @@ def test_finetune_trains_the_encoder_and_its_checkpoint_predicts(tmp_path):
 
 
 def test_ablate_compares_variants_under_the_same_folds(tmp_path):
-    done = ok(run("ablate", "--no_attention", f"--workdir={tmp_path}", *TINY))
+    done = ok(run("ablate", "--no_attention", f"--workdir={tmp_path}", "--quiet", *TINY))
+    # --quiet: per variant, a header, one line per epoch (2 folds x 2 epochs) and per fold.
+    lines = done.stderr.splitlines()
+    assert [line for line in lines if line.startswith("== ")] == ["== full", "== no_attention"]
+    assert len([line for line in lines if re.fullmatch(r"fold \d epoch \d: .*", line)]) == 8
+    assert len([line for line in lines if re.fullmatch(r"fold \d seed 0 .*", line)]) == 4
+    assert len(lines) == 2 + 8 + 4, done.stderr
+    assert done.stdout.splitlines()[-1] == (
+        f"ablation table: {tmp_path / 'ablation.txt'} (also ablation.csv, ablation.json)"
+    )
     table = (tmp_path / "ablation.txt").read_text()
     assert "full" in table and "no_attention" in table and "baseline" not in table
     rows = json.loads((tmp_path / "ablation.json").read_text())

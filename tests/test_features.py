@@ -1,7 +1,6 @@
 """Tests for msjax.features: shapes, parity with librosa, segmentation, config hashing."""
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,44 +175,3 @@ def test_non_default_config_shapes():
     seg = features.segment(wav, features.utterance_features(wav, cfg), cfg)
     assert seg.wav.shape == (2, 32000) and seg.mfcc.shape == (2, 200, 20)
     assert seg.spec.shape == (2, 100, 200)
-
-
-def _write_clips(folder: Path, count: int, bad_at: int | None = None) -> list[Path]:
-    import soundfile as sf
-
-    paths = []
-    for i in range(count):
-        path = folder / f"clip{i:02d}.wav"
-        if i == bad_at:
-            path.write_bytes(b"RIFF....WAVEnot audio")
-        else:
-            sf.write(path, _noise(8000 + 1000 * i, seed=i), 16000)
-        paths.append(path)
-    return paths
-
-
-def test_parallel_file_features_match_serial(tmp_path):
-    paths = _write_clips(tmp_path, 20)
-    parallel = list(features.iter_file_features(paths, CFG, workers=2))
-    assert len(parallel) == 20
-    for path, (wav, feats) in zip(paths, parallel):
-        want_wav, want = features.file_features(path, CFG)
-        np.testing.assert_array_equal(wav, want_wav)
-        np.testing.assert_array_equal(feats["mfcc"], want["mfcc"])
-        np.testing.assert_array_equal(feats["spec"], want["spec"])
-
-
-def test_parallel_bad_file_comes_after_everything_before_it(tmp_path):
-    from msjax.errors import AudioError
-
-    paths = _write_clips(tmp_path, 20, bad_at=13)
-    seen = []
-    with pytest.raises(AudioError, match="clip13.wav"):
-        for wav, _ in features.iter_file_features(paths, CFG, workers=2):
-            seen.append(len(wav))
-    assert seen == [8000 + 1000 * i for i in range(13)]
-
-
-def test_workers_must_be_positive():
-    with pytest.raises(UsageError, match="workers must be at least 1"):
-        features.iter_utterance_features([_noise(100)], CFG, workers=0)

@@ -17,6 +17,7 @@ import copy
 
 from absl import flags
 
+from msjax import progress
 from msjax.ablation import VARIANTS
 from msjax.cli import common
 
@@ -35,7 +36,7 @@ def selected_variants() -> list[str]:
 
 
 def main() -> int:
-    from msjax.ablation import ablation_rows, read_fold_results, write_ablation
+    from msjax.ablation import ablation_rows, read_fold_results, table_line, write_ablation
     from msjax.train.run import train_and_evaluate
 
     base = common.resolved_config()
@@ -49,13 +50,14 @@ def main() -> int:
             config.cache_dir = base.cache_dir or str(workdir / "cache")
             if base.dataset == "synthetic" and not base.data_dir:
                 config.data_dir = str(workdir / "corpus")
-        print(f"== {variant}", flush=True)
+        progress.line("== %s", variant)
         if not train_and_evaluate(config, workdir / variant):
             continue  # a single --fold run: nothing to compare yet
         results[variant] = read_fold_results(workdir / variant)
     if not results:
         return 0
     print(write_ablation(ablation_rows(results), workdir), flush=True)
+    print(table_line(workdir), flush=True)
     return 0
 
 

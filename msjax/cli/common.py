@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -21,11 +20,16 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
+from msjax import progress
 from msjax.errors import DataError, MsjaxError, UsageError
 from msjax.validation import field_names, unknown_field_message
 
 DATASETS = ("synthetic", "emodb", "emovo", "iemocap", "ravdess", "cremad", "manifest")
 FLAGS = flags.FLAGS
+flags.DEFINE_bool(
+    "quiet", False, "Batch jobs: one line per epoch and fold, the results, warnings; no "
+    "progress bars (-v/--verbosity=1 adds debug lines, 2 other libraries' logs)."
+)
 
 
 def config_file(dataset: str) -> Path:
@@ -116,8 +120,11 @@ def resolved_config() -> ml_collections.ConfigDict:
     return config
 
 
-# Flags that choose where or which folds run; anything else changes what a run computes.
-_RESUME_FLAGS = ("workdir", "resume", "fold", "tsne", "no_cache", "dataset")
+# Flags that choose where or which folds run, or what is shown; anything else changes
+# what a run computes.
+_RESUME_FLAGS = (
+    "workdir", "resume", "fold", "tsne", "no_cache", "dataset", "quiet", "verbosity"
+)
 
 
 def saved_config() -> ml_collections.ConfigDict:
@@ -166,12 +173,7 @@ def run(main: Callable[[], int | None]) -> None:
     """absl app with one-line errors and msjax exit codes."""
 
     def wrapped(argv: list[str]) -> int | None:
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-        for noisy in ("jax", "orbax", "orbax.checkpoint"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-        # orbax logs a failed background write with its traceback through absl before
-        # the save raises; the raised error is what gets reported, in one line.
-        logging.getLogger("absl").setLevel(logging.CRITICAL)
+        progress.configure(FLAGS.verbosity, FLAGS.quiet)
         try:
             if len(argv) > 1:
                 raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")

@@ -14,7 +14,6 @@ common.define_run_flags()
 
 
 def main() -> int:
-    from msjax import progress
     from msjax.cache import FeatureCache
     from msjax.encoders import load_encoder
     from msjax.features import FeatureConfig
@@ -33,7 +32,7 @@ def main() -> int:
     store = FeatureStore(
         cache, FeatureConfig(**config.features), encoder, workers=config.feature_workers or None
     )
-    entries = store.prepare(dataset, progress=progress.stage("features"))
+    entries = store.prepare(dataset)
     segments = sum(e.num_segments for e in entries.values())
     stats = cache.stats
     print(

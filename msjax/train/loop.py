@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,10 @@ class FoldRunner:
         batches = iterate_batches(self.store, entries, self.batch_size, self.kinds, rng=rng)
         step_metrics, step_uids = [], []
         num_batches = -(-sum(e.num_segments for e in entries) // self.batch_size)
-        bar = progress.bar(prefetch(batches), total=num_batches, desc=f"fold {fold} epoch {epoch}")
+        bar = progress.bar(
+            prefetch(batches), total=num_batches, unit="batch",
+            desc=f"fold {fold} epoch {epoch}/{self.num_epochs}",
+        )
         for batch, uids in bar:
             state, step = self.train_step(
                 state, device_batch(batch, self.data_sharding), loop_key
@@ -136,6 +140,7 @@ class FoldRunner:
             log.info("fold %d: resuming after epoch %d", fold, loop["epoch"])
         while loop["epoch"] < self.num_epochs and loop["bad_epochs"] < self.patience:
             epoch = loop["epoch"] + 1
+            start = time.perf_counter()
             state, loss, accuracy = self.train_epoch(state, splits["train"], fold, epoch)
             # A non-finite gradient on an epoch's last step leaves a finite loss behind.
             if not checkpoint.all_finite(state["params"]):
@@ -165,9 +170,10 @@ class FoldRunner:
             loop["epoch"] = epoch
             with timing.section("checkpoint"):
                 checkpoint.save_latest(fold_dir, epoch, state, loop)
-            log.info(
-                "fold %d epoch %d: loss %.4f acc %.3f val WA %.4f UA %.4f%s", fold, epoch, loss,
-                accuracy, val["wa"], val["ua"], " *" if loop["best_epoch"] == epoch else "",
+            progress.line(
+                "fold %d epoch %d: loss %.4f acc %.3f val WA %.4f UA %.4f (%.1f s)%s", fold,
+                epoch, loss, accuracy, val["wa"], val["ua"], time.perf_counter() - start,
+                " *" if loop["best_epoch"] == epoch else "",
             )
         best_dir, _ = checkpoint.load_metadata(fold_dir)
         variables = checkpoint.restore_best(

@@ -16,15 +16,17 @@ import ctypes.util
 import dataclasses
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from msjax import progress
 from msjax.cache import FeatureCache, audio_hash
 from msjax.data.records import Dataset, Utterance
-from msjax.features import FeatureConfig, iter_file_features, segment
+from msjax.feature_pool import iter_file_features
+from msjax.features import FeatureConfig, segment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,15 +87,14 @@ class FeatureStore:
             self.cache.put(kind, self._key(kind, digest), arrays)
 
     # -- building -------------------------------------------------------------
-    def prepare(
-        self, dataset: Dataset, *, progress: Callable[[Iterable], Iterable] = lambda x: x
-    ) -> dict[str, Entry]:
+    def prepare(self, dataset: Dataset) -> dict[str, Entry]:
         """Makes sure every utterance has its acoustic, wav and (frozen) SSL entries.
 
         Missing acoustic features are computed by a pool of worker processes
         (`self.workers`); a bad audio file raises AudioError naming it, and what was
         computed before it stays in the cache, so a rerun continues where this one
-        stopped.
+        stopped. Both stages show a progress bar (msjax.progress) over the utterances
+        they compute.
 
         Returns:
           uid -> Entry for every utterance of the dataset.
@@ -108,12 +109,14 @@ class FeatureStore:
             else:
                 self._add(utt, label_ids[utt.label], acoustic, digest)
         computed = iter_file_features([u.path for u, _ in todo], self.cfg, workers=self.workers)
-        for (utt, digest), (wav, feats) in zip(progress(todo), computed):
-            segments = segment(wav, feats, self.cfg)
-            acoustic = {"mfcc": segments.mfcc, "spec": segments.spec}
-            self._put("wav", digest, {"wav": segments.wav})
-            self._put("acoustic", digest, acoustic)
-            self._add(utt, label_ids[utt.label], acoustic, digest)
+        with progress.bar(desc="features", total=len(todo), unit="utt") as shown:
+            for (utt, digest), (wav, feats) in zip(todo, computed):
+                segments = segment(wav, feats, self.cfg)
+                acoustic = {"mfcc": segments.mfcc, "spec": segments.spec}
+                self._put("wav", digest, {"wav": segments.wav})
+                self._put("acoustic", digest, acoustic)
+                self._add(utt, label_ids[utt.label], acoustic, digest)
+                shown.update()
         if self.encoder is not None:
             self._prepare_ssl([self._entries[u.uid] for u in dataset.utterances])
         return {u.uid: self._entries[u.uid] for u in dataset.utterances}
@@ -123,15 +126,11 @@ class FeatureStore:
 
     def _prepare_ssl(self, entries: Sequence[Entry]) -> None:
         todo = [e for e in entries if self._get("ssl", e) is None]
-        batch = self.encoder.extract_batch_size
-        group: list[Entry] = []
-        for entry in todo:
-            group.append(entry)
-            if sum(e.num_segments for e in group) >= 4 * batch:
+        groups = _groups(todo, 4 * self.encoder.extract_batch_size)
+        with progress.bar(desc="SSL features", total=len(todo), unit="utt") as shown:
+            for group in groups:
                 self._extract_group(group)
-                group = []
-        if group:
-            self._extract_group(group)
+                shown.update(len(group))
 
     def _extract_group(self, group: Sequence[Entry]) -> None:
         """Runs the frozen encoder over the segments of a few utterances."""
@@ -153,6 +152,19 @@ class FeatureStore:
                 raise LookupError(f"feature cache entry {kind}/{entry.uid} vanished; rerun")
             out.update(arrays)
         return out
+
+
+def _groups(entries: Sequence[Entry], segments: int) -> Iterator[list[Entry]]:
+    """Consecutive runs of `entries` holding at least `segments` segments (the last
+    one fewer)."""
+    group: list[Entry] = []
+    for entry in entries:
+        group.append(entry)
+        if sum(e.num_segments for e in group) >= segments:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 def extract_ssl(encoder, wavs: np.ndarray) -> np.ndarray:

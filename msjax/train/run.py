@@ -42,7 +42,7 @@ from msjax.errors import DataError, UsageError, writing
 from msjax.features import FeatureConfig
 from msjax.files import atomic_write, write_once
 from msjax.image import fit_minmax
-from msjax.summary import finished_runs, run_dirs, write_summary
+from msjax.summary import finished_runs, results_line, run_dirs, write_summary
 from msjax.train import setup
 from msjax.train.loop import FoldRunner
 from msjax.train.pipeline import FeatureStore, cache_root, limit_malloc_arenas
@@ -239,7 +239,10 @@ def _train_folds(config, workdir: Path, dataset: Dataset, folds, encoder, start:
     )
     log.info("preparing features for %d utterances", len(dataset))
     with timing.section("features"):
-        entries = store.prepare(dataset, progress=progress.stage("features"))
+        entries = store.prepare(dataset)
+    stats = cache.stats
+    log.debug("feature cache %s: %d entries reused, %d computed", cache.root, stats.hits,
+              stats.writes)
 
     # One model and one pair of jitted steps for every fold: shapes agree, so
     # the steps compile once per run.
@@ -256,6 +259,7 @@ def _train_folds(config, workdir: Path, dataset: Dataset, folds, encoder, start:
     train_step = timing.timed("train_step", train_step, block=True)
     eval_step = timing.timed("eval_step", eval_step, block=True)
     devices = mesh.devices.size
+    log.debug("devices: %s", ", ".join(str(d) for d in mesh.devices.flat))
     runner = FoldRunner(
         store=store,
         kinds=setup.batch_kinds(config),
@@ -284,23 +288,24 @@ def _train_folds(config, workdir: Path, dataset: Dataset, folds, encoder, start:
                     dataclasses.replace(runner, seed=seed), run_dir, fold, entries, params, tx,
                     metadata, labels, weights,
                 )
-            log.info(
-                "fold %d seed %d (test %s): WA %.4f UA %.4f F1 %.4f, best epoch %d",
+            progress.line(
+                "fold %d seed %d (test %s): WA %.4f UA %.4f F1 %.4f, best epoch %d (%.0f s)",
                 fold.index, seed, ",".join(fold.test_speakers) or "-", result["wa"],
-                result["ua"], result["f1"], result["best_epoch"],
+                result["ua"], result["f1"], result["best_epoch"], result["seconds"],
             )
     _, missing = finished_runs(workdir)
     if missing:
-        log.info(
+        progress.line(
             "%s not finished yet; results.json is written when all are (or by bin/summarize)",
             ", ".join(missing),
         )
         return {}
     results, table = write_summary(workdir)
     print(table, flush=True)
-    log.info("run took %.0f s", time.time() - start)
     if config.tsne:
         write_tsne(config, workdir, dataset, folds, entries, store, encoder)
+    log.info("run took %.0f s", time.time() - start)
+    print(results_line(workdir, results), flush=True)
     return results
 
 
