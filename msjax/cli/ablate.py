@@ -21,6 +21,7 @@ from msjax.ablation import VARIANTS
 from msjax.cli import common
 
 common.define_run_flags()
+common.define_distributed_flags()
 flags.DEFINE_bool("no_attention", False, "Both branches without residual self-attention.")
 flags.DEFINE_bool("no_mfcc", False, "Spectrogram guidance only.")
 flags.DEFINE_bool("no_spectrogram", False, "MFCC guidance only.")
@@ -35,9 +36,11 @@ def selected_variants() -> list[str]:
 
 
 def main() -> int:
+    from msjax import distributed
     from msjax.ablation import ablation_rows, read_fold_results, write_ablation
     from msjax.train.run import train_and_evaluate
 
+    common.start_distributed()
     base = common.resolved_config()
     workdir = common.workdir(base)
     results = {}
@@ -49,11 +52,12 @@ def main() -> int:
             config.cache_dir = base.cache_dir or str(workdir / "cache")
             if base.dataset == "synthetic" and not base.data_dir:
                 config.data_dir = str(workdir / "corpus")
-        print(f"== {variant}", flush=True)
+        if distributed.is_main():
+            print(f"== {variant}", flush=True)
         if not train_and_evaluate(config, workdir / variant):
             continue  # a single --fold run: nothing to compare yet
         results[variant] = read_fold_results(workdir / variant)
-    if not results:
+    if not results or not distributed.is_main():
         return 0
     print(write_ablation(ablation_rows(results), workdir), flush=True)
     return 0

@@ -1,0 +1,172 @@
+"""One training over several processes (msjax.distributed): the environment decides,
+batches split by process, and two CPU processes on localhost (gloo collectives) against
+one process with two devices."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import REPO, TINY
+
+from msjax import distributed
+from msjax.cache import FeatureCache
+from msjax.data import load_dataset
+from msjax.data.synthetic import generate_corpus
+from msjax.features import FeatureConfig
+from msjax.train.pipeline import FeatureStore, iterate_batches
+
+
+@pytest.mark.parametrize(
+    "flag, environ, expected",
+    [
+        (None, {}, False),
+        (None, {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, True),
+        (None, {"SLURM_STEP_NUM_TASKS": "4"}, True),
+        (None, {"SLURM_STEP_NUM_TASKS": "1", "SLURM_NTASKS": "4"}, False),  # the batch script
+        (False, {"SLURM_STEP_NUM_TASKS": "4"}, False),
+        (True, {}, True),
+    ],
+)
+def test_the_environment_decides_unless_the_flag_does(flag, environ, expected):
+    assert distributed.wanted(flag, environ) is expected
+
+
+def test_process_rows_of_a_batch_make_the_whole_batch(tmp_path):
+    """Two processes' rows of every batch, stacked, are the one-process batch, padding
+    included (a process whose rows are all padding still gets a full-shape batch)."""
+    root = tmp_path / "corpus"
+    generate_corpus(root, num_speakers=1, utterances_per_emotion=1, seed=0)
+    dataset = load_dataset("synthetic", root)
+    store = FeatureStore(FeatureCache(None), FeatureConfig(segment_seconds=1.0), workers=1)
+    entries = list(store.prepare(dataset).values())
+    kinds = ["acoustic", "wav"]
+    rng = lambda: np.random.default_rng(0)  # noqa: E731 - the same shuffle for each
+    whole = list(iterate_batches(store, entries, 6, kinds, rng=rng()))
+    halves = [
+        list(iterate_batches(store, entries, 6, kinds, rng=rng(), rows=slice(a, a + 3)))
+        for a in (0, 3)
+    ]
+    assert len(whole) == len(halves[0]) == len(halves[1]) and len(whole) > 1
+    assert sum(b["mask"].sum() for b, _ in whole) == sum(e.num_segments for e in entries)
+    for (batch, uids), (first, uids0), (second, uids1) in zip(whole, *halves):
+        assert uids == uids0 == uids1  # every process knows every row's utterance
+        assert set(batch) == set(first) == set(second)
+        for name in batch:
+            assert first[name].shape[0] == second[name].shape[0] == 3
+            np.testing.assert_array_equal(np.concatenate([first[name], second[name]]),
+                                          batch[name])
+
+
+# --- two processes against one: tiny runs of one fold ------------------------------
+
+# Counts the feature-cache entries each process writes (this test's instrument).
+_COUNTING_TRAIN = """
+import os, sys
+from msjax import cache
+put = cache.FeatureCache.put
+def counted(self, kind, key, arrays):
+    put(self, kind, key, arrays)
+    with open(os.environ["CACHE_WRITES"], "a") as f:
+        f.write(kind + "\\n")
+cache.FeatureCache.put = counted
+from msjax.cli import train
+sys.argv[0] = "bin/train"
+train.run()
+"""
+_RUN = [*TINY, "--fold=0", "--config.optim.num_epochs=3"]
+
+
+def _env(devices: int, writes: Path) -> dict:
+    return dict(
+        os.environ, JAX_PLATFORMS="cpu", CACHE_WRITES=str(writes),
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+    )
+
+
+def _start(workdir: Path, devices: int, writes: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", _COUNTING_TRAIN, f"--workdir={workdir}", *args],
+        cwd=REPO, env=_env(devices, writes), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _start_pair(workdir: Path, writes: Path, *args: str) -> list[subprocess.Popen]:
+    """Two processes of one run, one CPU device each, coordinated on a free port."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    return [
+        _start(
+            workdir, 1, writes.with_suffix(f".{i}"), "--distributed",
+            f"--coordinator_address=localhost:{port}", "--num_processes=2",
+            f"--process_id={i}", *args,
+        )
+        for i in range(2)
+    ]
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[str]:
+    """Waits for the processes; their stderr, each having exited 0."""
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-4000:]
+    return [err for _, err in outs]
+
+
+def _writes(path: Path) -> int:
+    return len(path.read_text().split()) if path.exists() else 0
+
+
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory) -> Path:
+    """Fold 0 trained by one process with two devices."""
+    workdir = tmp_path_factory.mktemp("one") / "run"
+    _finish([_start(workdir, 2, workdir.parent / "writes", *_RUN)])
+    return workdir
+
+
+@pytest.mark.slow  # three tiny trainings of one fold, two of them as process pairs
+def test_two_processes_match_one_and_resume_after_a_kill(one_process, tmp_path):
+    workdir, writes = tmp_path / "two", tmp_path / "writes"
+    pair = _start_pair(workdir, writes, *_RUN)
+    try:  # both killed once epoch 1 is saved, in the middle of the fold
+        deadline = time.time() + 900
+        while not (workdir / "fold_00" / "latest" / "1" / "sha256.json").exists():
+            assert all(p.poll() is None for p in pair), [p.communicate()[1][-3000:] for p in pair]
+            assert time.time() < deadline
+            time.sleep(0.2)
+    finally:
+        for p in pair:
+            p.send_signal(signal.SIGKILL)
+            p.communicate()
+    assert not (workdir / "fold_00" / "result.json").exists()
+    # The cache was filled once, by process 0: one entry per utterance and kind.
+    entries = len(list((workdir / "cache").rglob("*.npz")))
+    assert entries == 3 * 42
+    assert (_writes(writes.with_suffix(".0")), _writes(writes.with_suffix(".1"))) == (entries, 0)
+
+    logs = _finish(_start_pair(workdir, tmp_path / "rerun", "--resume", "--fold=0"))
+    assert "fold 0: resuming after epoch" in logs[0]
+    assert "resuming" not in logs[1]  # process 1 prints nothing but warnings
+    assert _writes((tmp_path / "rerun").with_suffix(".0")) == 0  # all read from the cache
+
+    two = json.loads((workdir / "fold_00" / "result.json").read_text())
+    one = json.loads((one_process / "fold_00" / "result.json").read_text())
+    assert two["epochs_run"] == one["epochs_run"] == 3
+    for key in ("wa", "ua", "f1", "best_epoch", "confusion"):
+        assert two[key] == one[key], key
+    for a, b in zip(two["history"], one["history"]):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["epoch"], key)
+    assert sorted(p.name for p in (workdir / "fold_00").iterdir()) == sorted(
+        p.name for p in (one_process / "fold_00").iterdir()
+    )
