@@ -66,16 +66,29 @@ def test_process_rows_of_a_batch_make_the_whole_batch(tmp_path):
 
 # --- two processes against one: tiny runs of one fold ------------------------------
 
-# Counts the feature-cache entries each process writes (this test's instrument).
+# bin/train counting what this process does (this test's instrument): a line per feature
+# cache entry it writes in <COUNTS>.writes, and per pass over a split the valid batch rows
+# it read in <COUNTS>.rows.
 _COUNTING_TRAIN = """
 import os, sys
 from msjax import cache
+from msjax.train import loop
+counts = os.environ["COUNTS"]
 put = cache.FeatureCache.put
-def counted(self, kind, key, arrays):
+def counted_put(self, kind, key, arrays):
     put(self, kind, key, arrays)
-    with open(os.environ["CACHE_WRITES"], "a") as f:
+    with open(counts + ".writes", "a") as f:
         f.write(kind + "\\n")
-cache.FeatureCache.put = counted
+batches = loop.iterate_batches
+def counted_batches(*args, **kwargs):
+    rows = 0
+    for batch, uids in batches(*args, **kwargs):
+        rows += int(batch["mask"].sum())
+        yield batch, uids
+    with open(counts + ".rows", "a") as f:
+        f.write(f"{rows}\\n")
+cache.FeatureCache.put = counted_put
+loop.iterate_batches = counted_batches
 from msjax.cli import train
 sys.argv[0] = "bin/train"
 train.run()
@@ -83,29 +96,31 @@ train.run()
 _RUN = [*TINY, "--fold=0", "--config.optim.num_epochs=3"]
 
 
-def _env(devices: int, writes: Path) -> dict:
+def _env(devices: int, counts: Path) -> dict:
     return dict(
-        os.environ, JAX_PLATFORMS="cpu", CACHE_WRITES=str(writes),
+        os.environ, JAX_PLATFORMS="cpu", COUNTS=str(counts),
         XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_DISABLE_MOST_OPTIMIZATIONS="1",  # tiny models compile far longer than they run
     )
 
 
-def _start(workdir: Path, devices: int, writes: Path, *args: str) -> subprocess.Popen:
+def _start(workdir: Path, devices: int, counts: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-c", _COUNTING_TRAIN, f"--workdir={workdir}", *args],
-        cwd=REPO, env=_env(devices, writes), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        cwd=REPO, env=_env(devices, counts), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )
 
 
-def _start_pair(workdir: Path, writes: Path, *args: str) -> list[subprocess.Popen]:
-    """Two processes of one run, one CPU device each, coordinated on a free port."""
+def _start_pair(workdir: Path, counts: Path, *args: str) -> list[subprocess.Popen]:
+    """Two processes of one run, one CPU device each, coordinated on a free port;
+    process i counts into <counts>_i."""
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
     return [
         _start(
-            workdir, 1, writes.with_suffix(f".{i}"), "--distributed",
+            workdir, 1, Path(f"{counts}_{i}"), "--distributed",
             f"--coordinator_address=localhost:{port}", "--num_processes=2",
             f"--process_id={i}", *args,
         )
@@ -121,22 +136,24 @@ def _finish(procs: list[subprocess.Popen]) -> list[str]:
     return [err for _, err in outs]
 
 
-def _writes(path: Path) -> int:
-    return len(path.read_text().split()) if path.exists() else 0
+def _counts(counts: Path, what: str) -> list[str]:
+    path = Path(f"{counts}.{what}")
+    return path.read_text().split() if path.exists() else []
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory) -> Path:
-    """Fold 0 trained by one process with two devices."""
+def one_process(tmp_path_factory) -> tuple[Path, Path]:
+    """Fold 0 trained by one process with two devices: its workdir and counts."""
     workdir = tmp_path_factory.mktemp("one") / "run"
-    _finish([_start(workdir, 2, workdir.parent / "writes", *_RUN)])
-    return workdir
+    counts = workdir.parent / "counts"
+    _finish([_start(workdir, 2, counts, *_RUN)])
+    return workdir, counts
 
 
-@pytest.mark.slow  # three tiny trainings of one fold, two of them as process pairs
+@pytest.mark.slow  # three tiny trainings of one fold, two of them as pairs of processes
 def test_two_processes_match_one_and_resume_after_a_kill(one_process, tmp_path):
-    workdir, writes = tmp_path / "two", tmp_path / "writes"
-    pair = _start_pair(workdir, writes, *_RUN)
+    workdir = tmp_path / "two"
+    pair = _start_pair(workdir, tmp_path / "first", *_RUN)
     try:  # both killed once epoch 1 is saved, in the middle of the fold
         deadline = time.time() + 900
         while not (workdir / "fold_00" / "latest" / "1" / "sha256.json").exists():
@@ -151,22 +168,30 @@ def test_two_processes_match_one_and_resume_after_a_kill(one_process, tmp_path):
     # The cache was filled once, by process 0: one entry per utterance and kind.
     entries = len(list((workdir / "cache").rglob("*.npz")))
     assert entries == 3 * 42
-    assert (_writes(writes.with_suffix(".0")), _writes(writes.with_suffix(".1"))) == (entries, 0)
+    writes = [len(_counts(tmp_path / f"first_{i}", "writes")) for i in range(2)]
+    assert writes == [entries, 0]
 
     logs = _finish(_start_pair(workdir, tmp_path / "rerun", "--resume", "--fold=0"))
     assert "fold 0: resuming after epoch" in logs[0]
     assert "resuming" not in logs[1]  # process 1 prints nothing but warnings
-    assert _writes((tmp_path / "rerun").with_suffix(".0")) == 0  # all read from the cache
+    assert not _counts(tmp_path / "rerun_0", "writes")  # features all read from the cache
+    # Each process read its half of every batch: per pass over a split (epochs 2 and 3,
+    # each validated, then the test split) the two processes' rows add up to one process's.
+    mine = [[int(n) for n in _counts(tmp_path / f"rerun_{i}", "rows")] for i in range(2)]
+    whole = [int(n) for n in _counts(one_process[1], "rows")][2:]  # epoch 1 was not redone
+    assert len(mine[0]) == len(mine[1]) == len(whole) == 5
+    assert [a + b for a, b in zip(*mine)] == whole
+    assert all(0 < b <= a < a + b for a, b in zip(*mine))
 
     two = json.loads((workdir / "fold_00" / "result.json").read_text())
-    one = json.loads((one_process / "fold_00" / "result.json").read_text())
+    one = json.loads((one_process[0] / "fold_00" / "result.json").read_text())
     assert two["epochs_run"] == one["epochs_run"] == 3
     for key in ("wa", "ua", "f1", "best_epoch", "confusion"):
         assert two[key] == one[key], key
-    for a, b in zip(two["history"], one["history"]):
+    for a, b in zip(two["history"], one["history"], strict=True):
         assert a.keys() == b.keys()
         for key in a:
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), (a["epoch"], key)
     assert sorted(p.name for p in (workdir / "fold_00").iterdir()) == sorted(
-        p.name for p in (one_process / "fold_00").iterdir()
+        p.name for p in (one_process[0] / "fold_00").iterdir()
     )
