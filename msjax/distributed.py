@@ -96,11 +96,6 @@ def initialize(
     return True
 
 
-def process_index() -> int:
-    """This process's index, 0 .. process_count() - 1."""
-    return jax.process_index()
-
-
 def process_count() -> int:
     """How many processes take part in the run (1 without the distributed runtime)."""
     return jax.process_count()
@@ -140,7 +135,11 @@ def main_first(name: str, fn: Callable[[], T], others: Callable[[], T] | None = 
             raise
         client.key_value_set(key, "0")
         return result
-    code = int(client.blocking_key_value_get(key, _WAIT_MS))
+    try:
+        code = int(client.blocking_key_value_get(key, _WAIT_MS))
+    except Exception as err:  # noqa: BLE001 - the runtime's error types are not public
+        reason = " ".join(str(err).split())[:200]
+        raise PeerError(f"process 0 did not finish {name} ({reason})") from None
     if code:
         error = PeerError(f"process 0 stopped ({name}, exit code {code}); its error says why")
         error.exit_code = code
@@ -168,7 +167,7 @@ def local_rows(sharding: jax.sharding.Sharding, size: int) -> slice:
         for index in sharding.addressable_devices_indices_map((size,)).values()
     )
     start, stop = spans[0][0], spans[-1][1]
-    covered = sum(b - a for a, b in {span for span in spans})
+    covered = sum(b - a for a, b in set(spans))
     if covered != stop - start:
         raise ValueError(f"this process's rows of the batch are not contiguous: {spans}")
     return slice(start, stop)
