@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, TINY
+from conftest import REPO, TINY, run
 
 from msjax import distributed
 from msjax.cache import FeatureCache
@@ -36,6 +36,13 @@ from msjax.train.pipeline import FeatureStore, iterate_batches
 )
 def test_the_environment_decides_unless_the_flag_does(flag, environ, expected):
     assert distributed.wanted(flag, environ) is expected
+
+
+def test_a_runtime_that_cannot_start_is_a_usage_error(tmp_path):
+    done = run("train", f"--workdir={tmp_path}", "--distributed", "--num_processes=2")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "--distributed: cannot start JAX's distributed runtime" in done.stderr
+    assert not any(tmp_path.iterdir())
 
 
 def test_process_rows_of_a_batch_make_the_whole_batch(tmp_path):
