@@ -10,6 +10,8 @@ Saves are synchronous: orbax writes into a temporary directory and renames it,
 so a process killed mid-save leaves the previous checkpoint intact. Once the
 data is in place, `<epoch>/sha256.json` (written atomically) records a SHA-256 of
 every file; loading checks each file against it and refuses a damaged one.
+In a multi-process run (msjax.distributed) every process saves and restores its
+part through orbax, and process 0 writes the manifest once all parts are in place.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
-from msjax import report
+from msjax import distributed, report
 from msjax.errors import CheckpointError, WriteError, writing
 
 log = logging.getLogger(__name__)
@@ -150,17 +152,23 @@ def _save(directory: Path, step: int, args: ocp.args.Composite, tree: Any, what:
     """Saves `args` (holding the arrays of `tree`) as `directory/<step>` plus its
     manifest; cleans up after a failure."""
     step_dir = directory / str(step)
+    main = distributed.is_main()
     try:
         with writing(directory, what):
             _check_space(directory.absolute(), tree, what)
-            if step_dir.exists():  # a resumed epoch redoes a save cut short before its manifest
+            # A resumed epoch redoes a save cut short before its manifest.
+            if main and step_dir.exists():
                 shutil.rmtree(step_dir)
-            with _manager(directory) as mngr:
+            distributed.barrier(f"before saving {step_dir}")
+            with _manager(directory) as mngr:  # every process writes its shards
                 mngr.save(step, args=args)
-            hashes = {str(p.relative_to(step_dir)): _sha256(p) for p in _files(step_dir)}
-            report.write_json({"files": hashes}, step_dir / MANIFEST)
+            if main:
+                hashes = {str(p.relative_to(step_dir)): _sha256(p) for p in _files(step_dir)}
+                report.write_json({"files": hashes}, step_dir / MANIFEST)
+            distributed.barrier(f"saved {step_dir}")
     except BaseException as err:
-        _remove_temporaries(directory)
+        if main:
+            _remove_temporaries(directory)
         # tensorstore reports a failed write as ValueError("... [os_error_code='28']").
         code = re.search(r"os_error_code='(\d+)'", str(err))
         if code and not isinstance(err, OSError):

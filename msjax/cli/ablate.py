@@ -22,6 +22,7 @@ from msjax.ablation import VARIANTS
 from msjax.cli import common
 
 common.define_run_flags()
+common.define_distributed_flags()
 flags.DEFINE_bool("no_attention", False, "Both branches without residual self-attention.")
 flags.DEFINE_bool("no_mfcc", False, "Spectrogram guidance only.")
 flags.DEFINE_bool("no_spectrogram", False, "MFCC guidance only.")
@@ -36,9 +37,11 @@ def selected_variants() -> list[str]:
 
 
 def main() -> int:
+    from msjax import distributed
     from msjax.ablation import ablation_rows, read_fold_results, table_line, write_ablation
     from msjax.train.run import train_and_evaluate
 
+    common.start_distributed()
     base = common.resolved_config()
     workdir = common.workdir(base)
     results = {}
@@ -50,11 +53,12 @@ def main() -> int:
             config.cache_dir = base.cache_dir or str(workdir / "cache")
             if base.dataset == "synthetic" and not base.data_dir:
                 config.data_dir = str(workdir / "corpus")
-        progress.line("== %s", variant)
+        if distributed.is_main():
+            progress.line("== %s", variant)
         if not train_and_evaluate(config, workdir / variant):
             continue  # a single --fold run: nothing to compare yet
         results[variant] = read_fold_results(workdir / variant)
-    if not results:
+    if not results or not distributed.is_main():
         return 0
     print(write_ablation(ablation_rows(results), workdir), flush=True)
     print(table_line(workdir), flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -81,6 +82,36 @@ def define_run_flags() -> None:
     )
 
 
+def define_distributed_flags() -> None:
+    """Flags of the commands that train: one training over several processes."""
+    flags.DEFINE_bool(
+        "distributed", None, "Join a multi-process run (JAX's distributed runtime); on by "
+        "default under srun with several tasks or when JAX_COORDINATOR_ADDRESS is set, "
+        "--nodistributed turns it off."
+    )
+    flags.DEFINE_string(
+        "coordinator_address", None, "host:port of process 0 (default "
+        "$JAX_COORDINATOR_ADDRESS, or found under SLURM)."
+    )
+    flags.DEFINE_integer("num_processes", None, "Processes in the run (found under SLURM).")
+    flags.DEFINE_integer("process_id", None, "This process's index (found under SLURM).")
+
+
+def start_distributed() -> None:
+    """Starts the distributed runtime when asked for (before any JAX computation);
+    processes other than 0 then log warnings and errors only."""
+    from msjax import distributed
+
+    if not distributed.initialize(
+        FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+    ):
+        return
+    if not distributed.is_main():
+        # Process 0 speaks for the run: the others show warnings and errors only.
+        progress.configure(quiet=True)
+        logging.getLogger(progress.RECORD).setLevel(logging.WARNING)
+
+
 def _unknown_override(argv: Sequence[str], default: Path) -> str:
     """The message for the first --config.<field> that the config file lacks."""
     path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), str(default))
@@ -120,10 +151,11 @@ def resolved_config() -> ml_collections.ConfigDict:
     return config
 
 
-# Flags that choose where or which folds run, or what is shown; anything else changes
-# what a run computes.
+# Flags that choose where, which folds or on how many processes a run runs, or what is
+# shown; anything else changes what it computes.
 _RESUME_FLAGS = (
-    "workdir", "resume", "fold", "tsne", "no_cache", "dataset", "quiet", "verbosity"
+    "workdir", "resume", "fold", "tsne", "no_cache", "dataset", "quiet", "verbosity",
+    "distributed", "coordinator_address", "num_processes", "process_id",
 )
 
 

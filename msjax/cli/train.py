@@ -5,6 +5,7 @@
     bin/train --dataset=emodb --data_dir=emodb --fold=3     # one fold, e.g. a cluster job
     bin/train --dataset=emodb --data_dir=emodb --dry_run    # print the folds and exit
     bin/train --workdir=runs/emodb --resume                 # continue a killed run
+    srun --ntasks=8 bin/train --dataset=emodb ...           # one training, 8 processes
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from msjax.cli import common
 from msjax.errors import UsageError
 
 common.define_run_flags()
+common.define_distributed_flags()
 flags.DEFINE_bool("dry_run", False, "Print the folds (speakers, class counts) and exit.")
 flags.DEFINE_bool(
     "resume", None, "Continue the run in --workdir with the config saved there (finished "
@@ -28,6 +30,7 @@ FLAGS = flags.FLAGS
 def main() -> int:
     from msjax.train.run import dry_run, train_and_evaluate  # after flags: heavy imports
 
+    common.start_distributed()
     config = common.saved_config() if FLAGS.resume else common.resolved_config()
     if FLAGS.tsne is not None:
         with config.unlocked():

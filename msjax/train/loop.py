@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from msjax import checkpoint, inference, progress, timing
+from msjax import checkpoint, distributed, inference, progress, timing
 from msjax import metrics as M
 from msjax.errors import DataError
 from msjax.train.pipeline import Entry, FeatureStore, device_batch, iterate_batches, prefetch
@@ -64,9 +64,14 @@ class FoldRunner:
           dict with uids [U], labels [U], logprobs [U, C], cm [C, C], wa, ua, f1.
         """
         rows, uids = [], []
-        batches = iterate_batches(self.store, entries, self.eval_batch_size, self.kinds)
+        size = self.eval_batch_size
+        batches = iterate_batches(
+            self.store, entries, size, self.kinds,
+            rows=distributed.local_rows(self.data_sharding, size),
+        )
         for batch, batch_uids in prefetch(batches):
-            logprobs = self.eval_step(state, device_batch(batch, self.data_sharding))
+            # Replicated output: every process gets the whole batch's rows.
+            logprobs = self.eval_step(state, device_batch(batch, self.data_sharding, size))
             rows.append(np.asarray(logprobs)[: len(batch_uids)])
             uids.extend(batch_uids)
         utt_ids, logprobs = inference.utterance_predictions(np.concatenate(rows), uids)
@@ -91,7 +96,10 @@ class FoldRunner:
         """
         rng = np.random.default_rng([self.seed, fold, epoch])
         loop_key = jax.random.fold_in(jax.random.key(self.seed), fold)
-        batches = iterate_batches(self.store, entries, self.batch_size, self.kinds, rng=rng)
+        batches = iterate_batches(
+            self.store, entries, self.batch_size, self.kinds, rng=rng,
+            rows=distributed.local_rows(self.data_sharding, self.batch_size),
+        )
         step_metrics, step_uids = [], []
         num_batches = -(-sum(e.num_segments for e in entries) // self.batch_size)
         bar = progress.bar(
@@ -100,7 +108,7 @@ class FoldRunner:
         )
         for batch, uids in bar:
             state, step = self.train_step(
-                state, device_batch(batch, self.data_sharding), loop_key
+                state, device_batch(batch, self.data_sharding, self.batch_size), loop_key
             )
             step_metrics.append(step)
             step_uids.append(uids)

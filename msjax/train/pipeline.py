@@ -199,11 +199,14 @@ def iterate_batches(
     kinds: Sequence[str],
     *,
     rng: np.random.Generator | None = None,
+    rows: slice | None = None,
 ) -> Iterator[tuple[dict[str, np.ndarray], list[str]]]:
     """Yields fixed-shape batches of segments and the uid of each row.
 
     The last batch is zero-padded to `batch_size` with `mask` 0 on the padding,
-    so every step sees one shape and jit traces once.
+    so every step sees one shape and jit traces once. Given `rows` (this process's
+    share of a multi-process batch, `msjax.distributed.local_rows`), only those rows
+    of each batch are read.
 
     Args:
       store: the feature store.
@@ -211,26 +214,35 @@ def iterate_batches(
       batch_size: rows per batch.
       kinds: which entries to read ("acoustic", "ssl", "wav").
       rng: shuffles the segments when given (training).
+      rows: the rows of every batch to read (all by default).
 
     Yields:
-      (batch, uids): batch has every array of `kinds` stacked to [batch_size, ...]
-      plus `label` int32 [B] and `mask` float32 [B]; uids lists the valid rows.
+      (batch, uids): batch has every array of `kinds` stacked to [R, ...] (R rows:
+      batch_size, or those of `rows`) plus `label` int32 [R] and `mask` float32 [R];
+      uids lists the valid rows of the whole batch.
     """
+    rows = slice(0, batch_size) if rows is None else rows
+    size = len(range(batch_size)[rows])
     refs = segment_refs(entries)
     if rng is not None:
         refs = [refs[i] for i in rng.permutation(len(refs))]
     for start in range(0, len(refs), batch_size):
         chunk = refs[start : start + batch_size]
+        mine = chunk[rows]
         loaded: dict[str, dict[str, np.ndarray]] = {}
-        rows: dict[str, list[np.ndarray]] = {}
-        for entry, s in chunk:
+        columns: dict[str, list[np.ndarray]] = {}
+        for entry, s in mine:
             if entry.uid not in loaded:
                 loaded[entry.uid] = store.load(entry, kinds)
             for name, array in loaded[entry.uid].items():
-                rows.setdefault(name, []).append(array[s])
-        batch = {name: _pad(np.stack(arrays), batch_size) for name, arrays in rows.items()}
-        batch["label"] = _pad(np.array([e.label for e, _ in chunk], np.int32), batch_size)
-        batch["mask"] = _pad(np.ones(len(chunk), np.float32), batch_size)
+                columns.setdefault(name, []).append(array[s])
+        if mine:
+            batch = {name: _pad(np.stack(arrays), size) for name, arrays in columns.items()}
+        else:  # this process's rows are all padding: shapes from the batch's first row
+            first = store.load(chunk[0][0], kinds)
+            batch = {name: np.zeros((size, *a.shape[1:]), a.dtype) for name, a in first.items()}
+        batch["label"] = _pad(np.array([e.label for e, _ in mine], np.int32), size)
+        batch["mask"] = _pad(np.ones(len(mine), np.float32), size)
         yield batch, [e.uid for e, _ in chunk]
 
 
@@ -287,9 +299,16 @@ def limit_malloc_arenas(count: int = 2) -> bool:
         return False
 
 
-def device_batch(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-    """Places a host batch on the devices, split along the batch axis."""
-    return {name: jax.device_put(array, sharding) for name, array in batch.items()}
+def device_batch(
+    batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding, size: int
+) -> dict[str, jax.Array]:
+    """One global batch of `size` rows, split along the batch axis over `sharding`'s
+    devices, from this process's rows of it (`iterate_batches(..., rows=...)`: the
+    whole batch with one process)."""
+    return {
+        name: jax.make_array_from_process_local_data(sharding, array, (size, *array.shape[1:]))
+        for name, array in batch.items()
+    }
 
 
 def cache_root(config_cache_dir: str, workdir: Path) -> Path:

@@ -22,13 +22,14 @@ import io
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import ml_collections
 import numpy as np
 import optax
 
-from msjax import inference, lock, progress, report, timing
+from msjax import distributed, inference, lock, progress, report, timing
 from msjax import metrics as M
 from msjax.audio import wav_header_problem
 from msjax.cache import FeatureCache, audio_hash
@@ -42,7 +43,7 @@ from msjax.errors import DataError, UsageError, writing
 from msjax.features import FeatureConfig
 from msjax.files import atomic_write, write_once
 from msjax.image import fit_minmax
-from msjax.summary import finished_runs, results_line, run_dirs, write_summary
+from msjax.summary import finished_runs, read_json, results_line, run_dirs, write_summary
 from msjax.train import setup
 from msjax.train.loop import FoldRunner
 from msjax.train.pipeline import FeatureStore, cache_root, limit_malloc_arenas
@@ -62,9 +63,13 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Data
     check_config(config)
     root = setup.data_root(config, workdir)
     if config.dataset == "synthetic":
-        # Idempotent: an existing corpus with the same settings is reused as it is.
-        with writing(root, "the synthetic corpus"):
-            generate_corpus(root, **config.synthetic)
+        # Idempotent: an existing corpus with the same settings is reused as it is
+        # (so the other processes of a multi-process run find process 0's).
+        def generate() -> None:
+            with writing(root, "the synthetic corpus"):
+                generate_corpus(root, **config.synthetic)
+
+        distributed.main_first("synthetic corpus", generate)
     dataset = _without_damaged(
         load_dataset(config.dataset, root, **loader_options(config)),
         config.get("allow_damaged", False),
@@ -205,7 +210,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     Rerunning with the same workdir resumes: finished folds are skipped and a
     fold that was interrupted continues from its last saved epoch. A whole run
-    holds the workdir's lock, a --fold=k run only its fold's (msjax.lock).
+    holds the workdir's lock, a --fold=k run only its fold's (msjax.lock). In a
+    multi-process run (msjax.distributed) process 0 holds the locks and writes
+    the files; every process trains on its rows of each batch.
     """
     workdir = Path(workdir)
     start = time.time()
@@ -218,13 +225,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     inputs = run_inputs(dataset, encoder)
     with contextlib.ExitStack() as stack:
         if config.fold < 0:
-            stack.enter_context(lock.hold(workdir))
+            stack.enter_context(_main_holds(workdir))
         else:
             lock.check_free(workdir)
             with writing(workdir, "the run directory"):
                 workdir.mkdir(parents=True, exist_ok=True)
-        _check_workdir(config, workdir, inputs, folds)
+        # Process 0 writes the run files; the others then compare with them.
+        distributed.main_first(
+            "workdir files", lambda: _check_workdir(config, workdir, inputs, folds)
+        )
         return _train_folds(config, workdir, dataset, folds, encoder, start)
+
+
+@contextlib.contextmanager
+def _main_holds(directory: Path) -> Iterator[None]:
+    """Holds `directory`'s lock (msjax.lock) for the block: in a multi-process run,
+    process 0 holds it for all, and the others stop if it could not."""
+    with contextlib.ExitStack() as stack:
+        distributed.main_first(
+            f"lock {directory}", lambda: stack.enter_context(lock.hold(directory)),
+            others=lambda: None,
+        )
+        yield
 
 
 def _train_folds(config, workdir: Path, dataset: Dataset, folds, encoder, start: float) -> dict:
@@ -238,8 +260,14 @@ def _train_folds(config, workdir: Path, dataset: Dataset, folds, encoder, start:
         workers=config.feature_workers or None,
     )
     log.info("preparing features for %d utterances", len(dataset))
-    with timing.section("features"):
-        entries = store.prepare(dataset)
+
+    def prepare() -> list:
+        with timing.section("features"):
+            return store.prepare(dataset)
+
+    # A shared cache is filled once, by process 0; the others then read it. Without
+    # a cache every process computes its own copy.
+    entries = distributed.main_first("features", prepare) if cache.enabled else prepare()
     stats = cache.stats
     log.debug("feature cache %s: %d entries reused, %d computed", cache.root, stats.hits,
               stats.writes)
@@ -278,7 +306,7 @@ def _train_folds(config, workdir: Path, dataset: Dataset, folds, encoder, start:
         for seed, run_dir in run_dirs(workdir, fold.index, config):
             if (run_dir / "result.json").exists():
                 continue
-            with lock.hold(run_dir):
+            with _main_holds(run_dir):
                 params = setup.init_params(
                     _with_seed(config, seed), model, feature_cfg, encoder, fold.index
                 )
@@ -300,9 +328,24 @@ def _train_folds(config, workdir: Path, dataset: Dataset, folds, encoder, start:
             ", ".join(missing),
         )
         return {}
-    results, table = write_summary(workdir)
-    print(table, flush=True)
-    if config.tsne:
+
+    def summarize() -> dict:
+        results, table = write_summary(workdir)
+        print(table, flush=True)
+        return results
+
+    results = distributed.main_first(
+        "summary", summarize, others=lambda: read_json(workdir / "results.json")
+    )
+    if not distributed.is_main():
+        return results
+    if config.tsne and distributed.process_count() > 1:
+        # Its checkpoint reads would wait for the other processes, which are done.
+        log.warning(
+            "t-SNE is not drawn by a multi-process run: rerun on one process with "
+            "--workdir=%s --resume --tsne (finished folds are skipped)", workdir,
+        )
+    elif config.tsne:
         write_tsne(config, workdir, dataset, folds, entries, store, encoder)
     log.info("run took %.0f s", time.time() - start)
     print(results_line(workdir, results), flush=True)
@@ -335,13 +378,10 @@ def run_fold(
     start = time.time()
     fold_dir.mkdir(parents=True, exist_ok=True)
     splits = {name: [entries[u] for u in fold.split(name)] for name in ("train", "val", "test")}
-    specs = (s for e in splits["train"] for s in runner.store.load(e, ["acoustic"])["spec"])
-    norm = fit_minmax(specs)
-    state = create_state(params, tx, {"lo": norm.lo, "hi": norm.hi}, class_weights=weights)
+    norm = _fit_norm(runner.store, splits["train"])
+    state = create_state(params, tx, norm, class_weights=weights)
     out = runner.run(fold_dir, fold.index, state, splits, metadata)
     test, loop = out["test"], out["loop"]
-    _write_predictions(fold_dir / "predictions.csv", test, labels)
-    report.write_confusion_csv(test["cm"], labels, fold_dir / "confusion.csv")
     result = {
         "fold": fold.index,
         "seed": runner.seed,
@@ -359,8 +399,21 @@ def run_fold(
         "history": loop["history"],
         "seconds": time.time() - start,
     }
-    report.write_json(result, fold_dir / "result.json")
+    if distributed.is_main():
+        _write_predictions(fold_dir / "predictions.csv", test, labels)
+        report.write_confusion_csv(test["cm"], labels, fold_dir / "confusion.csv")
+        report.write_json(result, fold_dir / "result.json")
+    distributed.barrier(f"{fold_dir} written")  # every process sees the fold finished
     return result
+
+
+def _fit_norm(store: FeatureStore, train: list) -> dict[str, np.ndarray]:
+    """Per-bin spectrogram range {"lo", "hi"} [F] of the training segments; each
+    process reads its share of them (msjax.distributed)."""
+    specs = (s for e in distributed.share(train) for s in store.load(e, ["acoustic"])["spec"])
+    norm = fit_minmax(specs)
+    lo, hi = distributed.all_min_max(norm.lo, norm.hi)
+    return {"lo": lo, "hi": hi}
 
 
 def _write_predictions(path: Path, test: dict, labels) -> None:

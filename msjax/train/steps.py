@@ -110,8 +110,10 @@ def make_steps(
 
 
 def make_mesh() -> Mesh:
-    """A one-axis ("data") mesh over all local devices."""
-    return Mesh(jax.local_devices(), ("data",))
+    """A one-axis ("data") mesh over every device of every process (ordered by process,
+    so each process holds one contiguous range of a batch's rows)."""
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    return Mesh(devices, ("data",))
 
 
 def create_state(
@@ -121,7 +123,7 @@ def create_state(
     mesh: Mesh | None = None,
     class_weights: Any = None,
 ) -> State:
-    """A fresh train state at step 0, replicated over `mesh` (all local devices by default).
+    """A fresh train state at step 0, replicated over `mesh` (every device by default).
 
     `class_weights` [C], when given, weights each row's loss by its class (stored in the
     state as "class_weights", so the steps compile once for every fold).
