@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from msjax import report
 from msjax.predict import FileResult, RowWriter
 
 
@@ -60,3 +61,39 @@ def plot_paths(paths: Sequence[Path], folder: Path) -> list[Path]:
         suffix = "" if seen[path.stem] == 1 else f"-{seen[path.stem]}"
         out.append(folder / f"{path.stem}{suffix}.png")
     return out
+
+
+class TimelineOutput:
+    """What --timeline and --timeline_plot ask for, file by file as results come.
+
+    Args:
+      rows: the .csv/.jsonl for segment rows, or None.
+      plots: the folder for one PNG per input file, or None.
+      paths: the input files, in the order their results come.
+      labels: class names.
+      segment_seconds: the checkpoint's segment length.
+    """
+
+    def __init__(self, rows: Path | None, plots: Path | None, paths: Sequence[Path],
+                 labels: Sequence[str], segment_seconds: float):
+        self.labels, self.segment_seconds = list(labels), segment_seconds
+        self.writer = TimelineWriter(rows, labels) if rows else None
+        self.pngs = plot_paths(paths, plots) if plots else None
+
+    def add(self, index: int, result: FileResult) -> None:
+        """Writes the rows and the plot of input `index` (nothing for a failed file)."""
+        if result.segment_logprobs is None or not (self.writer or self.pngs):
+            return
+        rows = segment_rows(result, self.labels, self.segment_seconds)
+        for row in rows if self.writer else ():
+            self.writer.write(row)
+        if self.pngs:
+            report.plot_timeline(
+                [r["start"] for r in rows], [r["end"] for r in rows],
+                [[r["probabilities"][n] for n in self.labels] for r in rows],
+                self.labels, self.pngs[index], title=result.path.name,
+            )
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()

@@ -226,3 +226,16 @@ def test_timeline_rows_tile_each_file_and_plots_are_pngs(trained, mixed_folder, 
         assert predicted[path.name]["status"] == "ok"
         png = (plots / f"{path.stem}.png").read_bytes()
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+
+
+def test_bad_flags_are_refused_before_any_work(tmp_path):
+    from msjax.errors import UsageError
+    from msjax.predict import Predictor, check_folder
+
+    with pytest.raises(UsageError, match="--batch_size=0"):
+        Predictor(tmp_path / "no_checkpoint", batch_size=0)
+    with pytest.raises(UsageError, match="--window_seconds=0"):
+        Predictor(tmp_path / "no_checkpoint", window_seconds=0)
+    (tmp_path / "file.png").write_text("")
+    with pytest.raises(UsageError, match="--timeline_plot=.*is a file"):
+        check_folder(tmp_path / "file.png", "--timeline_plot", "timeline plots")

@@ -42,11 +42,16 @@ FLAGS = flags.FLAGS
 
 
 def main() -> int:
-    from msjax import progress, report
+    from msjax import progress
     from msjax.predict import (
-        Predictor, RecordWriter, check_folder, check_output, expand_inputs, predict_files,
+        Predictor,
+        RecordWriter,
+        check_folder,
+        check_output,
+        expand_inputs,
+        predict_files,
     )
-    from msjax.timeline import TimelineWriter, plot_paths, segment_rows
+    from msjax.timeline import TimelineOutput
 
     if not FLAGS.checkpoint or not FLAGS.input:
         raise UsageError("--checkpoint and --input are required")
@@ -63,24 +68,15 @@ def main() -> int:
         FLAGS.checkpoint, batch_size=FLAGS.batch_size, window_seconds=FLAGS.window_seconds
     )
     writer = RecordWriter(out, predictor.labels)
-    segments = TimelineWriter(timeline, predictor.labels) if timeline else None
-    pngs = plot_paths(paths, plots) if plots else None
+    segments = TimelineOutput(timeline, plots, paths, predictor.labels,
+                              predictor.feature_cfg.segment_seconds)
     bar = progress.bar(total=len(paths), desc="predict", unit="file")
     failed, hours = 0, 0.0
     try:
         for index, result in enumerate(predict_files(predictor, paths)):
             record = result.record
             writer.write(record)
-            if result.segment_logprobs is not None and (segments or pngs):
-                rows = segment_rows(result, predictor.labels, predictor.feature_cfg.segment_seconds)
-                for row in rows if segments else ():
-                    segments.write(row)
-                if pngs:
-                    report.plot_timeline(
-                        [r["start"] for r in rows], [r["end"] for r in rows],
-                        [[r["probabilities"][n] for n in predictor.labels] for r in rows],
-                        predictor.labels, pngs[index], title=result.path.name,
-                    )
+            segments.add(index, result)
             if record["status"] != "ok":
                 bar.write(f"{record['status']}: {record['error']}", file=sys.stderr)
             failed += record["status"] == "error"
@@ -90,8 +86,7 @@ def main() -> int:
     finally:
         bar.close()
         writer.close()
-        if segments:
-            segments.close()
+        segments.close()
     return DataError.exit_code if failed else 0
 
 
