@@ -58,8 +58,6 @@ import statistics
 import sys
 import tempfile
 import time
-import traceback
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +67,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from encoder import _make_checkpoint, _max_rss_mib, _peak_rss_during  # noqa: E402
+from encoder import Child, _make_checkpoint, _max_rss_mib, _peak_rss_during  # noqa: E402
 
 LABELS = ["anger", "boredom", "disgust", "fear", "happiness", "sadness", "neutral"]
 # Spectrogram statistics of the checkpoint: its dB range, as training fits them.
@@ -309,54 +307,6 @@ def _port_head(net: Any, flat: dict[str, np.ndarray]) -> None:
 RUNNERS = {"msjax": MsjaxRunner, "PyTorch": TorchRunner}
 
 
-def _serve(name: str, conn: Connection, opts: dict[str, Any]) -> None:
-    """Child process: pins its cores, builds one runner and answers the parent's calls."""
-    try:
-        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: opts["threads"]])
-        runner = RUNNERS[name](opts)
-        conn.send(("ok", None))
-    except Exception:
-        conn.send(("error", traceback.format_exc()))
-        return
-    while True:
-        method = conn.recv()
-        if method is None:
-            return
-        try:
-            conn.send(("ok", getattr(runner, method)()))
-        except Exception:
-            conn.send(("error", traceback.format_exc()))
-
-
-class Child:
-    """One framework's child process."""
-
-    def __init__(self, name: str, opts: dict[str, Any]):
-        self.name = name
-        context = multiprocessing.get_context("spawn")
-        self.conn, child_conn = context.Pipe()
-        self.process = context.Process(target=_serve, args=(name, child_conn, opts))
-        self.process.start()
-        self._answer()
-
-    def _answer(self) -> Any:
-        try:
-            status, value = self.conn.recv()
-        except EOFError:
-            raise SystemExit(f"{self.name}: the child process died") from None
-        if status == "error":
-            raise SystemExit(f"{self.name}: the child process failed:\n{value}")
-        return value
-
-    def call(self, method: str) -> Any:
-        self.conn.send(method)
-        return self._answer()
-
-    def stop(self) -> None:
-        self.conn.send(None)
-        self.process.join()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=12)
@@ -378,8 +328,10 @@ def main() -> int:
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
             fold = pool.submit(make_checkpoints, root, args.seed).result()
         opts = dict(vars(args), paths=paths, fold=str(fold), encoder=str(root / "encoder"),
-                    head=str(root / "head.npz"))
+                    head=str(root / "head.npz"), runners=RUNNERS)
         children = [Child(name, opts) for name in RUNNERS]
+        for child in children:
+            child.ready()
         info = {c.name: c.call("describe") for c in children}
         first = {c.name: c.call("run") for c in children}
         passes: dict[str, list[dict[str, float]]] = {c.name: [] for c in children}

@@ -41,15 +41,21 @@ def _write(path: Path, seconds: float, rate: int = SR, seed: int = 0, channels: 
 
 # -- long recordings in windows -------------------------------------------------------------
 
-def test_stream_audio_joins_to_load_audio_and_reads_one_block_at_a_time(tmp_path, monkeypatch):
-    reads = []
+@pytest.fixture
+def reads(monkeypatch) -> list[int]:
+    """The frame counts of every SoundFile.read call (decoding calls) from now on."""
+    calls = []
     real_read = sf.SoundFile.read
 
     def spy(self, frames=-1, *args, **kwargs):
-        reads.append(frames)
+        calls.append(frames)
         return real_read(self, frames, *args, **kwargs)
 
     monkeypatch.setattr(sf.SoundFile, "read", spy)
+    return calls
+
+
+def test_stream_audio_joins_to_load_audio_and_reads_one_block_at_a_time(tmp_path, reads):
     for rate, channels in [(SR, 1), (22050, 2), (8000, 1)]:
         path = _write(tmp_path / f"x{rate}.wav", 5.3, rate, channels=channels)
         reads.clear()
@@ -72,7 +78,8 @@ def test_stream_audio_reports_a_bad_block_naming_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("rate,channels", [(SR, 1), (22050, 2)])
-def test_long_file_windows_give_the_whole_file_segments(tmp_path, monkeypatch, rate, channels):
+def test_long_file_windows_give_the_whole_file_segments(tmp_path, monkeypatch, reads, rate,
+                                                        channels):
     """7.3 windows of 2 segments: no read holds more than a window, no whole-file load,
     and the rows equal those cut from the whole file (frames at window boundaries see
     their neighbours; levels are the file's)."""
@@ -80,14 +87,7 @@ def test_long_file_windows_give_the_whole_file_segments(tmp_path, monkeypatch, r
     wav = load_audio(path)
     whole = segment(wav, utterance_features(wav, CFG), CFG)
     window = 2 * CFG.segment_samples
-    reads = []
-    real_read = sf.SoundFile.read
-
-    def spy(self, frames=-1, *args, **kwargs):
-        reads.append(frames)
-        return real_read(self, frames, *args, **kwargs)
-
-    monkeypatch.setattr(sf.SoundFile, "read", spy)
+    reads.clear()
     monkeypatch.setattr(sf, "read", None)  # the whole-file decoder must not be used
     windows = list(file_segments(path, CFG, window))
     assert len(windows) == 8 and sum(n for _, n in windows) == wav.shape[0]
