@@ -5,6 +5,8 @@ here is 22.05 kHz, IEMOCAP is 16 kHz), so every file goes through `load_audio`,
 which decodes with libsndfile (any bit depth: 8/16/24/32-bit integer or float),
 averages the channels and resamples with soxr. Files that cannot be used raise
 `AudioError` with a one-line message naming the file.
+`stream_audio` gives the same waveform block by block, for recordings too long to
+hold at once (msjax.streaming).
 
 Very short audio is allowed: anything with at least one sample at 16 kHz loads, and
 `msjax.features.segment` zero-pads every utterance to whole 3 s segments, so a clip
