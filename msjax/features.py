@@ -24,6 +24,8 @@ finite features: every log is floored (power 1e-10) exactly as librosa floors it
 For a whole corpus, `iter_file_features` (decode, resample, features) and
 `iter_utterance_features` spread utterances over one worker process per core;
 `bench/features.py` measures both against a plain librosa loop.
+A recording too long to hold at once gets the same features window by window
+(msjax.streaming), with the utterance's levels passed in (`ref_db`, `peak`).
 
 An utterance of N samples gives ceil(N / 48000) segments, at least one: exactly 3 s
 is one segment, 7.4 s is three, the last one zero-padded.
