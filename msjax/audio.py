@@ -5,6 +5,8 @@ here is 22.05 kHz, IEMOCAP is 16 kHz), so every file goes through `load_audio`,
 which decodes with libsndfile (any bit depth: 8/16/24/32-bit integer or float),
 averages the channels and resamples with soxr. Files that cannot be used raise
 `AudioError` with a one-line message naming the file.
+`stream_audio` gives the same waveform block by block, for recordings too long to
+hold at once (msjax.streaming).
 
 Very short audio is allowed: anything with at least one sample at 16 kHz loads, and
 `msjax.features.segment` zero-pads every utterance to whole 3 s segments, so a clip
@@ -13,8 +15,10 @@ shorter than one wav2vec2 receptive field (400 samples) still yields valid input
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
+from collections.abc import Iterator
 
 import numpy as np
 import soundfile as sf
@@ -43,38 +47,116 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
             (or too few to survive resampling), or holds NaN/infinite samples or
             samples beyond `MAX_AMPLITUDE`.
     """
+    path = _existing(path)
+    with _decoding(path):
+        # [N, C] whatever the channel count; libsndfile scales integers to [-1, 1).
+        data, file_rate = sf.read(path, dtype="float32", always_2d=True)
+    if data.shape[0] == 0:
+        raise AudioError(f"{path}: contains no audio samples")
+    wav = _mono(path, data)
+    if file_rate != sample_rate:
+        wav = soxr.resample(wav, file_rate, sample_rate, quality="HQ")
+        if wav.shape[0] == 0:
+            raise _too_short(path, data.shape[0], file_rate, sample_rate)
+    return np.ascontiguousarray(wav, dtype=np.float32)
+
+
+def audio_frames(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> int:
+    """About how many samples `load_audio` returns, from the header alone (0 if it
+    cannot be read; decoding then reports why)."""
+    try:
+        info = sf.info(os.fspath(path))
+    except (sf.LibsndfileError, sf.SoundFileError, RuntimeError, OSError):
+        return 0
+    return round(info.frames * sample_rate / info.samplerate)
+
+
+def stream_audio(
+    path: str | os.PathLike, block: int, sample_rate: int = SAMPLE_RATE
+) -> Iterator[np.ndarray]:
+    """`load_audio` in consecutive blocks, for recordings too long to hold at once.
+
+    The file is decoded `block` frames at a time and resampled by one soxr stream, whose
+    filter state carries across reads: the blocks joined are `load_audio`'s waveform
+    (soxr's one-shot and streamed outputs are the same samples), with no seams.
+
+    Yields:
+        float32 [block] mono samples at `sample_rate`, the last block shorter.
+
+    Raises:
+        AudioError: as `load_audio`, when the block holding the problem is reached.
+    """
+    path = _existing(path)
+    pending: list[np.ndarray] = []
+    held = total = produced = 0
+    with _decoding(path), sf.SoundFile(path) as f:
+        file_rate = f.samplerate
+        stream = None
+        if file_rate != sample_rate:
+            stream = soxr.ResampleStream(
+                file_rate, sample_rate, 1, dtype="float32", quality="HQ"
+            )
+        last = False
+        while not last:
+            data = f.read(block, dtype="float32", always_2d=True)
+            last = data.shape[0] < block
+            total += data.shape[0]
+            wav = _mono(path, data)
+            if stream is not None:
+                wav = stream.resample_chunk(wav, last=last)
+            pending.append(wav)
+            held += wav.shape[0]
+            while held >= block or (last and held):
+                joined = np.concatenate(pending)
+                out, rest = joined[:block], joined[block:]
+                pending, held = [rest], rest.shape[0]
+                produced += out.shape[0]
+                yield np.ascontiguousarray(out, dtype=np.float32)
+    if total == 0:
+        raise AudioError(f"{path}: contains no audio samples")
+    if produced == 0:
+        raise _too_short(path, total, file_rate, sample_rate)
+
+
+def _existing(path: str | os.PathLike) -> str:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise AudioError(f"{path}: no such audio file")
     if os.path.isdir(path):
         raise AudioError(f"{path}: is a directory, not an audio file")
+    return path
+
+
+@contextlib.contextmanager
+def _decoding(path: str) -> Iterator[None]:
+    """Turns libsndfile's failures into one-line `AudioError`s naming `path`."""
     try:
-        # [N, C] whatever the channel count; libsndfile scales integers to [-1, 1).
-        data, file_rate = sf.read(path, dtype="float32", always_2d=True)
+        yield
     except sf.LibsndfileError as e:
         raise AudioError(f"{path}: cannot decode audio ({e.error_string})") from e
     except (sf.SoundFileError, RuntimeError, OSError) as e:
         reason = " ".join(str(e).split())
         raise AudioError(f"{path}: cannot read audio ({reason})") from e
-    if data.shape[0] == 0:
-        raise AudioError(f"{path}: contains no audio samples")
+
+
+def _mono(path: str, data: np.ndarray) -> np.ndarray:
+    """Checked samples [N, C] -> [N], channels averaged."""
     if not np.isfinite(data).all():
         raise AudioError(f"{path}: contains NaN or infinite samples")
-    peak = float(np.abs(data).max())
+    peak = float(np.abs(data).max()) if data.size else 0.0
     if peak > MAX_AMPLITUDE:
         raise AudioError(
             f"{path}: absurd amplitude (peak {peak:.3g}, expected about 1); not audio samples"
         )
     # A mono file needs no channel mean: its one column is already contiguous.
-    wav = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
-    if file_rate != sample_rate:
-        wav = soxr.resample(wav, file_rate, sample_rate, quality="HQ")
-        if wav.shape[0] == 0:
-            raise AudioError(
-                f"{path}: {data.shape[0]} sample(s) at {file_rate} Hz is too short to "
-                f"resample to {sample_rate} Hz"
-            )
-    return np.ascontiguousarray(wav, dtype=np.float32)
+    return data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+
+
+def _too_short(path: str, frames: int, file_rate: int, sample_rate: int) -> AudioError:
+    return AudioError(
+        f"{path}: {frames} sample(s) at {file_rate} Hz is too short to "
+        f"resample to {sample_rate} Hz"
+    )
 
 
 def wav_header_problem(path: str | os.PathLike) -> str | None:

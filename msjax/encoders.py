@@ -80,14 +80,16 @@ class Encoder:
     sampling_rate: int = 16000
     extract_batch_size: int = 8
 
+    def last_hidden_state(self, params: Any, wav: jax.Array) -> jax.Array:
+        """The frozen features as a pure function of the weights (for use inside a
+        larger jitted program). [B, N] -> [B, F, D]"""
+        if self.normalize:
+            wav = normalize_waveform(wav)
+        return self.module.apply({"params": params}, wav)["last_hidden_state"]
+
     @functools.cached_property
     def _forward(self):
-        def forward(params, wav):
-            if self.normalize:
-                wav = normalize_waveform(wav)
-            return self.module.apply({"params": params}, wav)["last_hidden_state"]
-
-        return jax.jit(forward)
+        return jax.jit(self.last_hidden_state)
 
     def features(self, wav: np.ndarray) -> jax.Array:
         """Frozen last hidden state. [B, N] -> [B, F, D]"""

@@ -22,7 +22,9 @@ re^2 + im^2, a block-sparse mel product, single-threaded BLAS). Silent input giv
 finite features: every log is floored (power 1e-10) exactly as librosa floors it.
 
 For a whole corpus, `msjax.feature_pool` runs `file_features` and
-`utterance_features` in one worker process per core.
+`utterance_features` in one worker process per core. A recording too long to hold at
+once gets the same features window by window (msjax.streaming), with the utterance's
+levels passed in (`ref_db`, `peak`).
 
 An utterance of N samples gives ceil(N / 48000) segments, at least one: exactly 3 s
 is one segment, 7.4 s is three, the last one zero-padded.
@@ -270,15 +272,15 @@ def _power_chunks(
         yield start, power[:rows]
 
 
-def mfcc(wav: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
-    """MFCCs of an already pre-emphasised waveform.
+def log_mel_db(wav: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
+    """Log-mel power of an already pre-emphasised waveform, before the top_db floor.
 
     Args:
         wav: [N] waveform at `cfg.sample_rate`.
         cfg: feature configuration.
 
     Returns:
-        float32 [T, n_mfcc], T = 1 + N // hop_length.
+        float32 [T, n_mels] in dB (power floored at 1e-10), T = 1 + N // hop_length.
     """
     wav = np.asarray(wav, dtype=np.float32)
     consts = _constants(cfg)
@@ -290,32 +292,70 @@ def mfcc(wav: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
             mel = log_mel[start : start + power.shape[0]]
             for block in consts.mel_blocks:
                 np.matmul(power[:, block.bins], block.weights, out=mel[:, block.mels])
-        np.maximum(log_mel, _POWER_FLOOR, out=log_mel)
-        np.log10(log_mel, out=log_mel)
-        log_mel *= 10.0
-        np.maximum(log_mel, log_mel.max() - cfg.top_db, out=log_mel)
-        return log_mel @ consts.dct_t
+    np.maximum(log_mel, _POWER_FLOOR, out=log_mel)
+    np.log10(log_mel, out=log_mel)
+    log_mel *= 10.0
+    return log_mel
 
 
-def log_spectrogram(wav: np.ndarray, cfg: FeatureConfig) -> np.ndarray:
-    """Log-magnitude spectrogram of an already pre-emphasised waveform.
+def mfcc(wav: np.ndarray, cfg: FeatureConfig, *, ref_db: float | None = None) -> np.ndarray:
+    """MFCCs of an already pre-emphasised waveform.
+
+    Args:
+        wav: [N] waveform at `cfg.sample_rate`.
+        cfg: feature configuration.
+        ref_db: the loudest log-mel value of the utterance (`log_mel_db`), from which the
+            top_db floor is measured; None takes it from `wav` itself.
+
+    Returns:
+        float32 [T, n_mfcc], T = 1 + N // hop_length.
+    """
+    log_mel = log_mel_db(wav, cfg)
+    ref = log_mel.max() if ref_db is None else np.float32(ref_db)
+    np.maximum(log_mel, ref - cfg.top_db, out=log_mel)
+    with _single_threaded_blas():
+        return log_mel @ _constants(cfg).dct_t
+
+
+def spectrogram_power(wav: np.ndarray, cfg: FeatureConfig) -> tuple[np.ndarray, np.ndarray]:
+    """STFT power of an already pre-emphasised waveform: the kept bins and each frame's peak.
 
     Args:
         wav: [N] waveform at `cfg.sample_rate`.
         cfg: feature configuration.
 
     Returns:
-        float32 [spec_bins, T] in dB relative to the loudest bin of the utterance (over
-        all FFT bins, not only the kept ones), floored at -top_db.
+        (float32 [T, spec_bins] power, float32 [T] loudest power of each frame over all
+        FFT bins, not only the kept ones), T = 1 + N // hop_length.
     """
     wav = np.asarray(wav, dtype=np.float32)
     consts = _constants(cfg)
     num_frames = 1 + wav.shape[0] // cfg.hop_length
     power = np.empty((num_frames, cfg.spec_bins), np.float32)
-    peak = np.float32(0.0)
+    peaks = np.empty(num_frames, np.float32)
     for start, chunk in _power_chunks(wav, cfg.spec_n_fft, consts.spec_window, cfg.hop_length):
-        peak = max(peak, chunk.max())
+        peaks[start : start + chunk.shape[0]] = chunk.max(axis=1)
         power[start : start + chunk.shape[0]] = chunk[:, : cfg.spec_bins]
+    return power, peaks
+
+
+def log_spectrogram(
+    wav: np.ndarray, cfg: FeatureConfig, *, peak: float | None = None
+) -> np.ndarray:
+    """Log-magnitude spectrogram of an already pre-emphasised waveform.
+
+    Args:
+        wav: [N] waveform at `cfg.sample_rate`.
+        cfg: feature configuration.
+        peak: the loudest STFT power bin of the utterance (`spectrogram_power`), its 0 dB;
+            None takes it from `wav` itself.
+
+    Returns:
+        float32 [spec_bins, T] in dB relative to the loudest bin of the utterance (over
+        all FFT bins, not only the kept ones), floored at -top_db.
+    """
+    power, peaks = spectrogram_power(wav, cfg)
+    peak = peaks.max() if peak is None else peak
     # Dividing before the log (librosa subtracts after) makes the loudest bin, and
     # every bin of silent audio, exactly 0 dB.
     np.maximum(power, _POWER_FLOOR, out=power)

@@ -8,11 +8,15 @@ its encoder by name and refuses one whose weights differ.
 
 from __future__ import annotations
 
+import collections
 import csv
+import dataclasses
 import json
 import os
+import queue
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -22,11 +26,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from msjax import checkpoint, inference
-from msjax.audio import load_audio, wav_header_problem
+from msjax.audio import wav_header_problem
 from msjax.encoders import Encoder, load_encoder
 from msjax.errors import AudioError, CheckpointError, DataError, UsageError, writing
-from msjax.features import FeatureConfig, segment, utterance_features
+from msjax.features import FeatureConfig, Segments
 from msjax.models.ssl import SSLConfig, SSLEncoder
+from msjax.streaming import file_segments
 
 # Suffixes of audio files a folder is searched for; libsndfile decodes the first
 # ones, the others get an error row.
@@ -34,16 +39,38 @@ AUDIO_SUFFIXES = (
     ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".au",
     ".m4a", ".aac", ".wma", ".webm", ".amr",
 )
+# Segments per jitted batch (the frozen-feature extraction's batch).
+DEFAULT_BATCH_SIZE = 8
+# Audio read at once from a long recording; bounds memory whatever the file's length.
+DEFAULT_WINDOW_SECONDS = 60.0
+# Batches the feature thread prepares ahead of the model.
+_BATCHES_AHEAD = 2
 
 
 class Predictor:
-    """A checkpoint loaded for inference: `predict_file(path) -> log-probs [C]`."""
+    """A checkpoint loaded for inference: `segment_log_probs(batch) -> [B, C]` on fixed-size
+    batches of segments, and `segments(path)`, a file's segments window by window."""
 
-    def __init__(self, checkpoint_dir: str | Path, allow_unverified: bool = False):
+    def __init__(
+        self,
+        checkpoint_dir: str | Path,
+        allow_unverified: bool = False,
+        *,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        window_seconds: float = DEFAULT_WINDOW_SECONDS,
+    ):
+        if batch_size < 1:
+            raise UsageError(f"--batch_size={batch_size}: must be at least 1")
+        if not window_seconds > 0:
+            raise UsageError(f"--window_seconds={window_seconds}: must be positive")
         best_dir, meta = checkpoint.load_metadata(Path(checkpoint_dir), allow_unverified)
         self.meta = meta
         self.labels: list[str] = meta["labels"]
         self.feature_cfg = FeatureConfig(**meta["features"])
+        self.batch_size = batch_size
+        # Whole segments per window, so that no segment straddles two windows.
+        segments = max(1, round(window_seconds / self.feature_cfg.segment_seconds))
+        self.window = segments * self.feature_cfg.segment_samples
         variables = checkpoint.restore_best(best_dir, None)
         self.encoder = self._encoder(meta["ssl"], variables["params"])
         finetune = meta["ssl"]["finetune"]
@@ -51,10 +78,17 @@ class Predictor:
             meta["model"], len(self.labels), self.feature_cfg, self.encoder, finetune
         )
         self.variables = jax.tree.map(jnp.asarray, variables)
+        # A frozen encoder runs in the same program as the head: its weights are an
+        # argument (not constants baked into the program).
+        self._encoder_params = None if finetune else jax.tree.map(jnp.asarray, self.encoder.params)
         image_size = tuple(meta["image_size"])
         normalize_wav = inference.wav_normalizer(self.encoder, finetune)
+        encoder = self.encoder
 
-        def log_probs(variables, batch):
+        def log_probs(variables, encoder_params, batch):
+            if encoder_params is not None:
+                batch = {**batch, "ssl": encoder.last_hidden_state(encoder_params, batch["wav"])}
+                del batch["wav"]
             return inference.log_probs(
                 model, variables["params"], batch, variables["norm"], image_size=image_size,
                 normalize_wav=normalize_wav,
@@ -79,19 +113,25 @@ class Predictor:
             )
         return encoder
 
-    def predict_file(self, path: Path) -> np.ndarray:
-        """Mean segment log-probabilities of one file, as training's evaluation pools
-        them. Returns [C]."""
-        wav = load_audio(path, self.feature_cfg.sample_rate)
-        segs = segment(wav, utterance_features(wav, self.feature_cfg), self.feature_cfg)
-        batch = {"mfcc": segs.mfcc, "spec": segs.spec}
-        if self.meta["ssl"]["finetune"]:
-            batch["wav"] = segs.wav
-        else:
-            batch["ssl"] = np.asarray(self.encoder.features(segs.wav))
-        segment_logprobs = np.asarray(self._log_probs(self.variables, batch))
-        _, mean = inference.utterance_predictions(segment_logprobs, [0] * len(segment_logprobs))
-        return mean[0]
+    def segments(self, path: Path) -> Iterator[tuple[Segments, int]]:
+        """(segments, samples) of each window of a file (`streaming.file_segments`)."""
+        return file_segments(path, self.feature_cfg, self.window)
+
+    def segment_log_probs(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Log-probabilities of a batch of segments: mfcc [B, T, M], spec [B, F, T],
+        wav [B, N] -> [B, C]. Compiled once per batch shape."""
+        return np.asarray(self._log_probs(self.variables, self._encoder_params, batch))
+
+
+@dataclasses.dataclass
+class FileResult:
+    """One file's outcome: its output row, its length, and when it was predicted the
+    log-probabilities of its segments [S, C] (segment k covers k * segment_seconds on)."""
+
+    path: Path
+    record: dict
+    seconds: float = 0.0
+    segment_logprobs: np.ndarray | None = None
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -115,34 +155,160 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def predict(predictor: Predictor, paths: Sequence[Path]) -> Iterator[dict]:
-    """One record per file: label and per-class probabilities, or the error.
+    """One record per file, in order: label and per-class probabilities, or the error.
 
     A bad file gives status "error" with its one-line message and the others go
     on; a truncated WAV is predicted from what it holds, with status "warning".
     """
-    for path in paths:
+    return (result.record for result in predict_files(predictor, paths))
+
+
+def predict_files(predictor: Predictor, paths: Sequence[Path]) -> Iterator[FileResult]:
+    """`predict` with each file's segment log-probabilities and length, as files finish.
+
+    Segments of consecutive files are packed into batches of `predictor.batch_size`
+    (the last one padded), so the model compiles once whatever the files' lengths. A
+    thread decodes files and computes features for the next batches while the model
+    runs on the current one.
+    """
+    jobs: queue.Queue = queue.Queue(maxsize=_BATCHES_AHEAD)
+    stop = threading.Event()
+    packer = threading.Thread(
+        target=_pack, args=(predictor, paths, jobs, stop), daemon=True, name="predict-features"
+    )
+    packer.start()
+    files: dict[int, _InFlight] = collections.defaultdict(_InFlight)
+    done = 0
+    try:
+        while done < len(paths):
+            kind, *item = jobs.get()
+            if kind == "batch":
+                batch, owners = item
+                logprobs = predictor.segment_log_probs(batch)
+                for owner, row in zip(owners, logprobs):
+                    files[owner].logprobs.append(row)
+            elif kind == "file":
+                index, count, samples, problem = item
+                files[index].count, files[index].samples = count, samples
+                files[index].problem = problem
+            elif kind == "error":
+                index, error = item
+                files[index].error = error
+            else:  # "raise": anything but a bad file ends the run
+                raise item[0]
+            while done < len(paths) and files[done].complete:
+                yield _result(predictor, paths[done], files.pop(done))
+                done += 1
+    finally:
+        stop.set()
+        packer.join()
+
+
+@dataclasses.dataclass
+class _InFlight:
+    logprobs: list[np.ndarray] = dataclasses.field(default_factory=list)
+    count: int | None = None  # segments, once the file is read to its end
+    samples: int = 0
+    problem: str | None = None
+    error: AudioError | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.error is not None or self.count == len(self.logprobs)
+
+
+def _result(predictor: Predictor, path: Path, file: _InFlight) -> FileResult:
+    if file.error is not None:
+        return FileResult(path, {"path": str(path), "status": "error", "error": str(file.error)})
+    seconds = file.samples / predictor.feature_cfg.sample_rate
+    segment_logprobs = np.stack(file.logprobs)
+    _, mean = inference.utterance_predictions(segment_logprobs, [0] * len(segment_logprobs))
+    if not np.isfinite(mean).all():
+        record = {"path": str(path), "status": "error", "error": f"{path}: non-finite output"}
+        return FileResult(path, record, seconds)
+    probs = inference.probabilities(mean[0])
+    record = {
+        "path": str(path),
+        "status": "warning" if file.problem else "ok",
+        "label": predictor.labels[int(np.argmax(probs))],
+        "probabilities": {name: float(p) for name, p in zip(predictor.labels, probs)},
+    }
+    if file.problem:
+        record["error"] = f"{path}: {file.problem}"
+    return FileResult(path, record, seconds, segment_logprobs)
+
+
+class _Stopped(Exception):
+    """The consumer went away; the packing thread ends."""
+
+
+def _pack(predictor: Predictor, paths: Sequence[Path], jobs: queue.Queue,
+          stop: threading.Event) -> None:
+    """Runs in a thread: files -> ("batch", arrays, owners), ("file", index, segments,
+    samples, header problem) or ("error", index, AudioError) in order, then "raise"
+    with any other exception once the segments before it are sent."""
+
+    def send(*item) -> None:
+        while not stop.is_set():
+            try:
+                jobs.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+        raise _Stopped
+
+    rows: list[tuple[int, Segments, int]] = []  # (file, window's segments, row)
+
+    def send_rows() -> None:
+        batch = _stack(rows, predictor.batch_size)
+        owners = [owner for owner, _, _ in rows]
+        rows.clear()
+        send("batch", batch, owners)
+
+    try:
+        for index, path in enumerate(paths):
+            try:
+                count = samples = 0
+                for segs, n in predictor.segments(path):
+                    samples += n
+                    for row in range(len(segs)):
+                        rows.append((index, segs, row))
+                        count += 1
+                        if len(rows) == predictor.batch_size:
+                            send_rows()
+                problem = wav_header_problem(path)
+            except AudioError as error:
+                rows[:] = [r for r in rows if r[0] != index]
+                send("error", index, error)
+                continue
+            send("file", index, count, samples, problem)
+        if rows:
+            send_rows()
+    except _Stopped:
+        return
+    except BaseException as error:  # handed to the consumer, after the work before it
         try:
-            logprobs = predictor.predict_file(path)
-            problem = wav_header_problem(path)
-        except AudioError as err:
-            yield {"path": str(path), "status": "error", "error": str(err)}
-            continue
-        if not np.isfinite(logprobs).all():
-            yield {"path": str(path), "status": "error", "error": f"{path}: non-finite output"}
-            continue
-        probs = inference.probabilities(logprobs)
-        record = {
-            "path": str(path),
-            "status": "warning" if problem else "ok",
-            "label": predictor.labels[int(np.argmax(probs))],
-            "probabilities": {name: float(p) for name, p in zip(predictor.labels, probs)},
-        }
-        if problem:
-            record["error"] = f"{path}: {problem}"
-        yield record
+            if rows:
+                send_rows()
+            send("raise", error)
+        except _Stopped:
+            return
 
 
-def check_output(out: Path | None) -> None:
+def _stack(rows: list[tuple[int, Segments, int]], size: int) -> dict[str, np.ndarray]:
+    """The rows' segments as one batch of `size`, zero rows after them (a short last batch
+    keeps the compiled shape; the padding rows' outputs are dropped)."""
+    batch = {}
+    for key in ("mfcc", "spec", "wav"):
+        first = getattr(rows[0][1], key)
+        out = np.zeros((size, *first.shape[1:]), np.float32)
+        for i, (_, segs, row) in enumerate(rows):
+            out[i] = getattr(segs, key)[row]
+        batch[key] = out
+    return batch
+
+
+def check_output(out: Path | None, flag: str = "--output", what: str = "predictions") -> None:
     """Fails before any work when `out` cannot be written (a directory, no permission,
     a read-only or full disk): creates its folder and a scratch file beside it.
 
@@ -152,48 +318,79 @@ def check_output(out: Path | None) -> None:
     if out is None:
         return
     if out.is_dir():
-        raise UsageError(f"--output={out}: is a directory; give a .csv or .jsonl file")
-    with writing(out, "predictions"):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out.parent) as f:
+        raise UsageError(f"{flag}={out}: is a directory; give a .csv or .jsonl file")
+    _check_writable(out.parent, out, what)
+
+
+def check_folder(folder: Path | None, flag: str, what: str) -> None:
+    """`check_output` for a folder of outputs: created, and a scratch file written in it.
+
+    Raises:
+      UsageError: `folder` is a file. WriteError: it cannot be written.
+    """
+    if folder is None:
+        return
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag}={folder}: is a file; give a folder")
+    _check_writable(folder, folder, what)
+
+
+def _check_writable(folder: Path, named: Path, what: str) -> None:
+    with writing(named, what):
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder) as f:
             f.write(b"x" * 4096)
             f.flush()
             os.fsync(f.fileno())
 
 
-class RecordWriter:
-    """Writes records as they come: JSONL (.jsonl/.json), else CSV; stdout when `out`
-    is None. Each row is flushed, so a failure later keeps the rows before it."""
+class RowWriter:
+    """Writes rows as they come: JSONL (.jsonl/.json), else CSV under `header`; stdout
+    when `out` is None. Each row is flushed, so a failure later keeps the rows before it."""
 
-    def __init__(self, out: Path | None, labels: Sequence[str]):
-        self.out, self.labels = out, list(labels)
+    def __init__(self, out: Path | None, header: Sequence[str], what: str):
+        self.out, self.what = out, what
         self.jsonl = out is not None and out.suffix.lower() in (".jsonl", ".json")
-        with writing(out or "stdout", "predictions"):
+        with writing(out or "stdout", what):
             self.file: TextIO = sys.stdout if out is None else open(out, "w", newline="")
             if not self.jsonl:
                 self._csv = csv.writer(self.file)
-                self._csv.writerow(
-                    ["path", "status", "label", *[f"p_{n}" for n in labels], "error"]
-                )
+                self._csv.writerow(header)
                 self.file.flush()
 
-    def write(self, r: dict) -> None:
-        with writing(self.out or "stdout", "predictions"):
+    def write_row(self, record: dict, row: Sequence) -> None:
+        """`record` as a JSON line, or `row` (the header's columns) as a CSV line."""
+        with writing(self.out or "stdout", self.what):
             if self.jsonl:
-                self.file.write(json.dumps(r) + "\n")
+                self.file.write(json.dumps(record) + "\n")
             else:
-                probs = r.get("probabilities", {})
-                self._csv.writerow([
-                    r["path"], r["status"], r.get("label", ""),
-                    *[f"{probs[n]:.6f}" if n in probs else "" for n in self.labels],
-                    r.get("error", ""),
-                ])
+                self._csv.writerow(row)
             self.file.flush()
 
     def close(self) -> None:
         if self.file is not sys.stdout:
-            with writing(self.out, "predictions"):
+            with writing(self.out, self.what):
                 self.file.close()
 
 
-__all__ = ["Predictor", "RecordWriter", "check_output", "expand_inputs", "predict"]
+class RecordWriter(RowWriter):
+    """One row per file: path, status, label, p_<label>..., error."""
+
+    def __init__(self, out: Path | None, labels: Sequence[str]):
+        self.labels = list(labels)
+        header = ["path", "status", "label", *[f"p_{n}" for n in labels], "error"]
+        super().__init__(out, header, "predictions")
+
+    def write(self, r: dict) -> None:
+        probs = r.get("probabilities", {})
+        self.write_row(r, [
+            r["path"], r["status"], r.get("label", ""),
+            *[f"{probs[n]:.6f}" if n in probs else "" for n in self.labels],
+            r.get("error", ""),
+        ])
+
+
+__all__ = [
+    "FileResult", "Predictor", "RecordWriter", "RowWriter", "check_folder", "check_output",
+    "expand_inputs", "predict", "predict_files",
+]

@@ -175,6 +175,44 @@ def plot_tsne(
     return embedding
 
 
+def plot_timeline(
+    starts: np.ndarray,
+    ends: np.ndarray,
+    probabilities: np.ndarray,
+    label_names: Sequence[str],
+    path: Path,
+    title: str | None = None,
+) -> None:
+    """Class probabilities over a recording, one step line per class.
+
+    Args:
+        starts, ends: [S] each segment's start and end in seconds, tiling the recording.
+        probabilities: [S, C] each segment's class probabilities.
+        label_names: [C] class names for the legend.
+        path: output PNG.
+        title: optional figure title (the file's name).
+    """
+    probabilities = np.asarray(probabilities)
+    # Minutes read better than seconds past ten of them (calls, meetings).
+    scale, unit = (60.0, "min") if ends[-1] > 600 else (1.0, "s")
+    edges = np.append(np.asarray(starts, np.float64), ends[-1]) / scale
+    fig = Figure(figsize=(10, 3.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colors = _class_colors(len(label_names))
+    for k, name in enumerate(label_names):
+        ax.stairs(probabilities[:, k], edges, baseline=None, color=colors[k], label=name,
+                  linewidth=1.2)
+    ax.set_xlim(0, edges[-1])
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(f"time ({unit})")
+    ax.set_ylabel("probability")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    if title:
+        ax.set_title(title)
+    _save_figure(fig, path)
+
+
 def format_mean_std(mean: float, std: float, digits: int = 2) -> str:
     """Formats a mean and std as "72.10 ± 1.23"."""
     return f"{mean:.{digits}f} ± {std:.{digits}f}"

@@ -189,7 +189,8 @@ def test_predict_marks_non_finite_output_as_an_error(trained, monkeypatch):
     from msjax.predict import Predictor, predict
 
     predictor = Predictor(trained / "fold_00")
-    monkeypatch.setattr(predictor, "predict_file", lambda path: np.full(7, np.nan))
+    monkeypatch.setattr(predictor, "segment_log_probs",
+                        lambda batch: np.full((len(batch["wav"]), 7), np.nan))
     (record,) = predict(predictor, [clip(trained)])
     assert record["status"] == "error" and "non-finite output" in record["error"]
     assert "label" not in record
@@ -610,14 +611,14 @@ def test_predict_streams_rows_so_a_late_failure_keeps_them(trained, tmp_path, mo
     from msjax.predict import Predictor
 
     clips = sorted((trained / "corpus" / "wav").glob("*.wav"))[:3]
-    real = Predictor.predict_file
+    real = Predictor.segments
 
     def dies_on_the_third(self, path):
         if path == clips[2]:
             raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path))
         return real(self, path)
 
-    monkeypatch.setattr(Predictor, "predict_file", dies_on_the_third)
+    monkeypatch.setattr(Predictor, "segments", dies_on_the_third)
     out = tmp_path / f"preds{suffix}"
     with pytest.raises(OSError):
         predict_main(f"--checkpoint={trained / 'fold_00'}", *[f"--input={c}" for c in clips],

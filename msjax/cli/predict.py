@@ -3,12 +3,21 @@
     bin/predict --checkpoint=runs/emodb/fold_03 --input=clip.wav
     bin/predict --checkpoint=runs/emodb/fold_03 --input=folder/ --output=preds.csv
     bin/predict --checkpoint=runs/emodb/fold_03 --input=files.txt --output=preds.jsonl
+    bin/predict --checkpoint=runs/emodb/fold_03 --input=meeting.flac \\
+        --timeline=segments.csv --timeline_plot=plots/
 
 Rows are written as files are done. Bad files are reported with status "error" and
 do not stop the run (exit code 3 when any failed); a truncated WAV is predicted from
 what it holds, with status "warning". --checkpoint takes a fold directory, its
 best/ or best/<epoch>; its files are checked against the SHA-256 manifest saved
 with them (--allow_unverified loads one saved without a manifest, with a warning).
+
+Segments of all files are packed into batches of --batch_size (one compiled program
+whatever the files' lengths), and recordings longer than --window_seconds are read
+window by window, so memory does not grow with a file's length. --timeline writes one
+row per segment (path, start, end, probabilities; CSV, or JSONL by suffix) and
+--timeline_plot draws each file's segments as <folder>/<file name>.png (a repeated name
+gets -2, -3, ...).
 """
 
 from __future__ import annotations
@@ -30,30 +39,60 @@ flags.DEFINE_bool(
     "allow_unverified", False,
     "Load a checkpoint that has no SHA-256 manifest (saved before msjax wrote them) unchecked.",
 )
+flags.DEFINE_integer("batch_size", 8, "Segments per model batch.")
+flags.DEFINE_float("window_seconds", 60.0, "Audio read at once from a long recording.")
+flags.DEFINE_string("timeline", None, "Also write one row per segment to this .csv or .jsonl.")
+flags.DEFINE_string("timeline_plot", None, "Folder for one PNG per file: emotions over time.")
 FLAGS = flags.FLAGS
 
 
 def main() -> int:
-    from msjax.predict import Predictor, RecordWriter, check_output, expand_inputs, predict
+    from msjax import progress
+    from msjax.predict import (
+        Predictor,
+        RecordWriter,
+        check_folder,
+        check_output,
+        expand_inputs,
+        predict_files,
+    )
+    from msjax.timeline import TimelineOutput
 
     if not FLAGS.checkpoint or not FLAGS.input:
         raise UsageError("--checkpoint and --input are required")
     out = Path(FLAGS.output) if FLAGS.output else None
+    timeline = Path(FLAGS.timeline) if FLAGS.timeline else None
+    plots = Path(FLAGS.timeline_plot) if FLAGS.timeline_plot else None
     check_output(out)
+    check_output(timeline, "--timeline", "the timeline")
+    check_folder(plots, "--timeline_plot", "timeline plots")
     paths = expand_inputs(FLAGS.input)
     if not paths:
         raise DataError(f"{', '.join(FLAGS.input)}: no audio files found")
-    predictor = Predictor(FLAGS.checkpoint, FLAGS.allow_unverified)
+    predictor = Predictor(
+        FLAGS.checkpoint, FLAGS.allow_unverified,
+        batch_size=FLAGS.batch_size, window_seconds=FLAGS.window_seconds,
+    )
     writer = RecordWriter(out, predictor.labels)
-    failed = 0
+    segments = TimelineOutput(timeline, plots, paths, predictor.labels,
+                              predictor.feature_cfg.segment_seconds)
+    bar = progress.bar(total=len(paths), desc="predict", unit="file")
+    failed, hours = 0, 0.0
     try:
-        for record in predict(predictor, paths):
+        for index, result in enumerate(predict_files(predictor, paths)):
+            record = result.record
             writer.write(record)
+            segments.add(index, result)
             if record["status"] != "ok":
-                print(f"{record['status']}: {record['error']}", file=sys.stderr)
+                bar.write(f"{record['status']}: {record['error']}", file=sys.stderr)
             failed += record["status"] == "error"
+            hours += result.seconds / 3600
+            bar.update()
+            bar.set_postfix_str(f"{hours:.2f} h of audio", refresh=False)
     finally:
+        bar.close()
         writer.close()
+        segments.close()
     return DataError.exit_code if failed else 0
 
 

@@ -1,0 +1,99 @@
+"""Emotion over the course of a recording: one row per segment, and its plot.
+
+`bin/predict --timeline=segments.csv` writes, besides each file's prediction, one row per
+3 s segment (path, start, end in seconds, and the segment's probability of each emotion)
+as each file is done; `--timeline_plot=folder/` draws each file's rows as a PNG. The
+segments tile the file: segment k spans [k * segment_seconds, (k + 1) * segment_seconds),
+the last one ending at the file's end (the model saw it zero-padded to a whole segment).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from msjax import report
+from msjax.predict import FileResult, RowWriter
+
+
+def segment_rows(result: FileResult, labels: Sequence[str], segment_seconds: float) -> list[dict]:
+    """One row per segment of a predicted file: path, start, end (s), probabilities.
+
+    The probabilities are each segment's softmax, so they sum to one per row.
+    """
+    probs = np.exp(np.asarray(result.segment_logprobs, np.float64))
+    rows = []
+    for k, p in enumerate(probs):
+        rows.append({
+            "path": str(result.path),
+            "start": k * segment_seconds,
+            "end": min((k + 1) * segment_seconds, result.seconds),
+            "probabilities": {name: float(v) for name, v in zip(labels, p)},
+        })
+    return rows
+
+
+class TimelineWriter(RowWriter):
+    """Segment rows as they come: path, start, end, p_<label>... (CSV or JSONL)."""
+
+    def __init__(self, out: Path, labels: Sequence[str]):
+        self.labels = list(labels)
+        super().__init__(out, ["path", "start", "end", *[f"p_{n}" for n in labels]],
+                         "the timeline")
+
+    def write(self, row: dict) -> None:
+        probs = row["probabilities"]
+        self.write_row(row, [
+            row["path"], f"{row['start']:.6f}", f"{row['end']:.6f}",
+            *[f"{probs[n]:.6f}" for n in self.labels],
+        ])
+
+
+def plot_paths(paths: Sequence[Path], folder: Path) -> list[Path]:
+    """The PNG of each input file in `folder`: <stem>.png, then <stem>-2.png, ... for
+    files whose names (without suffix) repeat."""
+    seen: dict[str, int] = {}
+    out = []
+    for path in paths:
+        seen[path.stem] = seen.get(path.stem, 0) + 1
+        suffix = "" if seen[path.stem] == 1 else f"-{seen[path.stem]}"
+        out.append(folder / f"{path.stem}{suffix}.png")
+    return out
+
+
+class TimelineOutput:
+    """What --timeline and --timeline_plot ask for, file by file as results come.
+
+    Args:
+      rows: the .csv/.jsonl for segment rows, or None.
+      plots: the folder for one PNG per input file, or None.
+      paths: the input files, in the order their results come.
+      labels: class names.
+      segment_seconds: the checkpoint's segment length.
+    """
+
+    def __init__(self, rows: Path | None, plots: Path | None, paths: Sequence[Path],
+                 labels: Sequence[str], segment_seconds: float):
+        self.labels, self.segment_seconds = list(labels), segment_seconds
+        self.writer = TimelineWriter(rows, labels) if rows else None
+        self.pngs = plot_paths(paths, plots) if plots else None
+
+    def add(self, index: int, result: FileResult) -> None:
+        """Writes the rows and the plot of input `index` (nothing for a failed file)."""
+        if result.segment_logprobs is None or not (self.writer or self.pngs):
+            return
+        rows = segment_rows(result, self.labels, self.segment_seconds)
+        for row in rows if self.writer else ():
+            self.writer.write(row)
+        if self.pngs:
+            report.plot_timeline(
+                [r["start"] for r in rows], [r["end"] for r in rows],
+                [[r["probabilities"][n] for n in self.labels] for r in rows],
+                self.labels, self.pngs[index], title=result.path.name,
+            )
+
+    def close(self) -> None:
+        if self.writer:
+            self.writer.close()

@@ -1,0 +1,241 @@
+"""bin/predict at scale: segments of many files packed into one compiled batch shape,
+features prepared while the model runs, long recordings read in windows, and the
+per-segment timeline."""
+
+import csv
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import ok, run
+
+from msjax import inference
+from msjax.audio import load_audio, stream_audio
+from msjax.errors import AudioError
+from msjax.features import FeatureConfig, segment, utterance_features
+from msjax.streaming import file_segments
+
+CFG = FeatureConfig(segment_seconds=1.0)  # the tiny trained run's segments
+SR = CFG.sample_rate
+
+
+def _speech_like(seconds: float, rate: int, seed: int, channels: int = 1) -> np.ndarray:
+    """Noise whose level wanders, with one loud tone burst: the loudest frame lies in
+    one window only, so a window-local level reference would show."""
+    rng = np.random.default_rng(seed)
+    n = round(seconds * rate)
+    t = np.arange(n) / rate
+    x = rng.standard_normal((n, channels)) * (0.05 * (1.2 + np.sin(0.7 * t)))[:, None]
+    burst = (t > 0.6 * seconds) & (t < 0.6 * seconds + 0.4)
+    x += (0.5 * np.sin(2 * np.pi * 440 * t) * burst)[:, None]
+    return x.astype(np.float32)
+
+
+def _write(path: Path, seconds: float, rate: int = SR, seed: int = 0, channels: int = 1) -> Path:
+    sf.write(path, _speech_like(seconds, rate, seed, channels), rate, subtype="FLOAT")
+    return path
+
+
+# -- long recordings in windows -------------------------------------------------------------
+
+@pytest.fixture
+def reads(monkeypatch) -> list[int]:
+    """The frame counts of every SoundFile.read call (decoding calls) from now on."""
+    calls = []
+    real_read = sf.SoundFile.read
+
+    def spy(self, frames=-1, *args, **kwargs):
+        calls.append(frames)
+        return real_read(self, frames, *args, **kwargs)
+
+    monkeypatch.setattr(sf.SoundFile, "read", spy)
+    return calls
+
+
+def test_stream_audio_joins_to_load_audio_and_reads_one_block_at_a_time(tmp_path, reads):
+    for rate, channels in [(SR, 1), (22050, 2), (8000, 1)]:
+        path = _write(tmp_path / f"x{rate}.wav", 5.3, rate, channels=channels)
+        reads.clear()
+        blocks = list(stream_audio(path, 16000, SR))
+        assert reads and all(0 < r <= 16000 for r in reads)
+        assert [b.shape[0] for b in blocks[:-1]] == [16000] * (len(blocks) - 1)
+        # One soxr stream over the file: the same samples as the one-shot resampling.
+        np.testing.assert_allclose(np.concatenate(blocks), load_audio(path), atol=1e-6)
+
+
+def test_stream_audio_reports_a_bad_block_naming_the_file(tmp_path):
+    x = _speech_like(3.0, SR, 0)
+    x[40000] = np.nan
+    sf.write(tmp_path / "nan.wav", x, SR, subtype="FLOAT")
+    with pytest.raises(AudioError, match="nan.wav: contains NaN"):
+        list(stream_audio(tmp_path / "nan.wav", 16000))
+    sf.write(tmp_path / "empty.wav", np.zeros((0, 1), np.float32), SR)
+    with pytest.raises(AudioError, match="empty.wav: contains no audio samples"):
+        list(stream_audio(tmp_path / "empty.wav", 16000))
+
+
+@pytest.mark.parametrize("rate,channels", [(SR, 1), (22050, 2)])
+def test_long_file_windows_give_the_whole_file_segments(tmp_path, monkeypatch, reads, rate,
+                                                        channels):
+    """7.3 windows of 2 segments: no read holds more than a window, no whole-file load,
+    and the rows equal those cut from the whole file (frames at window boundaries see
+    their neighbours; levels are the file's)."""
+    path = _write(tmp_path / "long.wav", 14.6, rate, channels=channels)
+    wav = load_audio(path)
+    whole = segment(wav, utterance_features(wav, CFG), CFG)
+    window = 2 * CFG.segment_samples
+    reads.clear()
+    monkeypatch.setattr(sf, "read", None)  # the whole-file decoder must not be used
+    windows = list(file_segments(path, CFG, window))
+    assert len(windows) == 8 and sum(n for _, n in windows) == wav.shape[0]
+    assert max(reads) <= window and len(reads) >= 2 * 8  # two passes
+    for key, atol in [("wav", 1e-6), ("spec", 1e-4), ("mfcc", 1e-3)]:
+        got = np.concatenate([getattr(s, key) for s, _ in windows])
+        np.testing.assert_allclose(got, getattr(whole, key), atol=atol, err_msg=key)
+
+
+def test_short_file_is_read_whole(tmp_path):
+    path = _write(tmp_path / "short.wav", 1.5)
+    wav = load_audio(path)
+    ((segs, n),) = file_segments(path, CFG, 2 * CFG.segment_samples)
+    whole = segment(wav, utterance_features(wav, CFG), CFG)
+    assert n == wav.shape[0]
+    np.testing.assert_array_equal(segs.mfcc, whole.mfcc)
+    np.testing.assert_array_equal(segs.spec, whole.spec)
+
+
+# -- packing, one compile, overlap ------------------------------------------------------------
+
+@pytest.fixture
+def mixed_folder(tmp_path) -> Path:
+    """Files of 1, 4, 13 and 2 segments (of 1 s); the 13-segment one is longer than a
+    4 s window."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for seed, (name, seconds) in enumerate(
+        [("a_one.wav", 0.4), ("b_four.wav", 3.3), ("c_long.wav", 12.5), ("d_two.wav", 2.0)]
+    ):
+        _write(folder / name, seconds, seed=seed)
+    return folder
+
+
+def test_segments_of_many_files_share_one_compiled_batch(trained, mixed_folder, monkeypatch):
+    from msjax.predict import Predictor, predict_files
+
+    traces = []
+    real = inference.log_probs
+    monkeypatch.setattr(inference, "log_probs", lambda *a, **k: traces.append(1) or real(*a, **k))
+    predictor = Predictor(trained / "fold_00", batch_size=4, window_seconds=4.0)
+    shapes = []
+    real_batch = predictor.segment_log_probs
+
+    def spy(batch):
+        shapes.append({k: v.shape[0] for k, v in batch.items()})
+        return real_batch(batch)
+
+    monkeypatch.setattr(predictor, "segment_log_probs", spy)
+    paths = sorted(mixed_folder.glob("*.wav"))
+    packed = list(predict_files(predictor, paths))
+    assert [r.segment_logprobs.shape[0] for r in packed] == [1, 4, 13, 2]
+    assert len(shapes) == 5  # 20 segments in batches of 4
+    alone = [next(predict_files(predictor, [p])) for p in paths]  # each padded to 4
+    assert all(s == {"mfcc": 4, "spec": 4, "wav": 4} for s in shapes)
+    assert len(traces) == 1  # one batch shape, one compile, whatever the lengths
+    for p, a in zip(packed, alone):
+        assert p.record["status"] == "ok"
+        np.testing.assert_allclose(p.segment_logprobs, a.segment_logprobs, atol=1e-5)
+        assert p.record["label"] == a.record["label"]
+
+
+def test_features_of_the_next_batch_are_prepared_while_the_model_runs(trained, tmp_path,
+                                                                     monkeypatch):
+    from msjax.predict import Predictor, predict_files
+
+    paths = [_write(tmp_path / f"{i}.wav", 0.5, seed=i) for i in range(4)]
+    predictor = Predictor(trained / "fold_00", batch_size=2)
+    third_read = threading.Event()
+    reader_threads = set()
+    real_segments, real_batch = predictor.segments, predictor.segment_log_probs
+
+    def segments(path):
+        reader_threads.add(threading.get_ident())
+        if path == paths[2]:
+            third_read.set()
+        return real_segments(path)
+
+    waited = []
+
+    def model(batch):
+        if not waited:  # the first batch: files 0 and 1
+            waited.append(third_read.wait(timeout=60))
+        return real_batch(batch)
+
+    monkeypatch.setattr(predictor, "segments", segments)
+    monkeypatch.setattr(predictor, "segment_log_probs", model)
+    results = list(predict_files(predictor, paths))
+    assert [r.record["status"] for r in results] == ["ok"] * 4
+    assert waited == [True]  # file 2 (second batch) was read during the first batch
+    assert threading.get_ident() not in reader_threads
+
+
+def test_a_bad_file_in_a_batch_keeps_the_others_in_order(trained, mixed_folder):
+    from msjax.predict import Predictor, predict
+
+    (mixed_folder / "b_broken.wav").write_bytes(b"RIFF0000WAVEjunk")
+    paths = sorted(mixed_folder.glob("*.wav"))
+    records = list(predict(Predictor(trained / "fold_00", batch_size=4, window_seconds=4.0),
+                           paths))
+    assert [Path(r["path"]).name for r in records] == [p.name for p in paths]
+    status = {Path(r["path"]).name: r["status"] for r in records}
+    assert status.pop("b_broken.wav") == "error" and set(status.values()) == {"ok"}
+
+
+def test_streamed_prediction_equals_the_whole_file_one(trained, tmp_path):
+    from msjax.predict import Predictor, predict_files
+
+    path = _write(tmp_path / "long.wav", 12.5, 22050)
+    windowed = Predictor(trained / "fold_00", window_seconds=2.0)
+    whole = Predictor(trained / "fold_00", window_seconds=60.0)
+    (a,) = predict_files(windowed, [path])
+    (b,) = predict_files(whole, [path])
+    np.testing.assert_allclose(a.segment_logprobs, b.segment_logprobs, atol=1e-4)
+    for name, p in a.record["probabilities"].items():
+        assert abs(p - b.record["probabilities"][name]) < 1e-4
+
+
+# -- the timeline -------------------------------------------------------------------------------
+
+def test_timeline_rows_tile_each_file_and_plots_are_pngs(trained, mixed_folder, tmp_path):
+    out, rows_path, plots = tmp_path / "preds.csv", tmp_path / "seg.jsonl", tmp_path / "plots"
+    ok(run("predict", f"--checkpoint={trained / 'fold_00'}", f"--input={mixed_folder}",
+           f"--output={out}", f"--timeline={rows_path}", f"--timeline_plot={plots}",
+           "--batch_size=4", "--window_seconds=4"))
+    with open(out) as f:
+        predicted = {Path(r["path"]).name: r for r in csv.DictReader(f)}
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    for path in sorted(mixed_folder.glob("*.wav")):
+        mine = [r for r in rows if r["path"] == str(path)]
+        starts, ends = [r["start"] for r in mine], [r["end"] for r in mine]
+        assert starts[0] == 0.0 and starts[1:] == ends[:-1]
+        assert ends[-1] == pytest.approx(sf.info(path).duration, abs=1 / SR)
+        for r in mine:
+            assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert predicted[path.name]["status"] == "ok"
+        png = (plots / f"{path.stem}.png").read_bytes()
+        assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+
+
+def test_bad_flags_are_refused_before_any_work(tmp_path):
+    from msjax.errors import UsageError
+    from msjax.predict import Predictor, check_folder
+
+    with pytest.raises(UsageError, match="--batch_size=0"):
+        Predictor(tmp_path / "no_checkpoint", batch_size=0)
+    with pytest.raises(UsageError, match="--window_seconds=0"):
+        Predictor(tmp_path / "no_checkpoint", window_seconds=0)
+    (tmp_path / "file.png").write_text("")
+    with pytest.raises(UsageError, match="--timeline_plot=.*is a file"):
+        check_folder(tmp_path / "file.png", "--timeline_plot", "timeline plots")
