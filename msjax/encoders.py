@@ -98,6 +98,14 @@ class Encoder:
         config = dataclasses.replace(self.config, **changes)
         return dataclasses.replace(self, config=config, module=self.module.clone(config=config))
 
+    def with_remat(self, policy: str | None) -> Encoder:
+        """The same encoder rematerialising its transformer layers when differentiated.
+
+        Args:
+            policy: one of msjax.models.ssl.REMAT_POLICIES, or None for no remat.
+        """
+        return dataclasses.replace(self, module=self.module.clone(remat_policy=policy))
+
 
 def load_encoder(name: str, *, seed: int = 0, extract_batch_size: int = 8) -> Encoder:
     """Loads an encoder by hub id, local directory or `random:<preset>`.

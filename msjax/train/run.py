@@ -196,6 +196,8 @@ def _load_encoder(config: ml_collections.ConfigDict) -> Encoder:
             layerdrop=config.ssl.layerdrop,
             freeze_feature_encoder=config.ssl.freeze_feature_encoder,
         )
+        if config.ssl.get("remat", False):
+            encoder = encoder.with_remat(config.ssl.remat_policy)
     return encoder
 
 
