@@ -51,7 +51,9 @@ processes on a shared machine falls on both alike; steps/s is one over the media
 mean, the extremes and the process CPU time per step are printed too. Peak
 memory is each child's maximum resident set size on CPU (weights, Adam state,
 activations and the runtime itself), or the framework's peak device allocation on GPU;
-each batch size runs in fresh children.
+each batch size runs in fresh children. On Linux the peak of the steps alone ("steps":
+the count restarted after setting up, so without a random init's or the compiler's
+peak) is printed too.
 XLA_FLAGS and other environment variables reach the children.
 
     python bench/train_step.py                      # both modes, CPU, float32
@@ -65,10 +67,10 @@ XLA_FLAGS and other environment variables reach the children.
 Largest batch in `memory_budget_gib`, printed when `batches` has two sizes or more.
 msjax: the compiled step's own account of its memory (`memory_analysis()`: arguments +
 outputs - donated + temporaries), linear in the batch, plus the process's memory beyond
-it (runtime, code, host copies: measured peak RSS minus that account, the largest over
-the batches run). PyTorch: its measured peak RSS, extrapolated linearly from the two
-largest batches run. Both extrapolate from small batches because running a Large
-encoder at tens of segments is slow on a CPU.
+it (runtime, code, host copies: the steps' measured peak RSS minus that account, the
+largest over the batches run). PyTorch: the steps' measured peak RSS, extrapolated
+linearly from the two largest batches run. Both extrapolate from small batches
+because running a Large encoder at tens of segments is slow on a CPU.
 
 On a machine shared with other work, run it under the lock that keeps benchmarks
 apart: `flock LOCKFILE python bench/train_step.py ...`.
@@ -181,6 +183,28 @@ def _norm_stats() -> dict[str, np.ndarray]:
 
 def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak_rss() -> None:
+    """Restarts the kernel's peak-RSS count (VmHWM), so that the peak of the training
+    steps shows apart from that of setting up (random init, compilation)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _step_peak_rss_mib() -> float:
+    """Peak RSS since `_reset_peak_rss` in MiB (Linux), or NaN where unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
 
 
 # --------------------------------------------------------------------------- msjax
@@ -446,6 +470,7 @@ def serve(framework: str) -> None:
         step, peak_mib, facts = setup_torch(config)
     else:
         step, peak_mib, facts = setup_msjax(config, remat=framework == "msjax-remat")
+    _reset_peak_rss()
     start = time.perf_counter()
     for _ in range(config.warmup):
         step()
@@ -456,7 +481,7 @@ def serve(framework: str) -> None:
         start, start_cpu = time.perf_counter(), time.process_time()
         step()
         _send({"wall": time.perf_counter() - start, "cpu": time.process_time() - start_cpu})
-    _send({"peak_mib": peak_mib()})
+    _send({"peak_mib": peak_mib(), "step_peak_mib": _step_peak_rss_mib()})
 
 
 # --------------------------------------------------------------------------- parent
@@ -518,7 +543,8 @@ class Child:
         return (
             f"  {self.name:11s} {self.steps_per_s:6.3f} steps/s  (median {np.median(wall):.2f} "
             f"s/step, mean {wall.mean():.2f}, min {wall.min():.2f}, max {wall.max():.2f}; CPU "
-            f"{cpu.mean():.2f} s/step)  peak {facts['peak_mib']:,.0f} MiB{account}  "
+            f"{cpu.mean():.2f} s/step)  peak {facts['peak_mib']:,.0f} MiB (steps "
+            f"{facts['step_peak_mib']:,.0f}){account}  "
             f"[{compile_s}warm-up {facts['warmup_s']:.1f} s]"
         )
 
@@ -576,11 +602,11 @@ def largest_batches(runs: dict[int, dict[str, dict[str, Any]]], budget_gib: floa
         if "account_mib" in facts[0]:
             account = np.array([f["account_mib"] for f in facts])
             slope = (account[-1] - account[0]) / (batches[-1] - batches[0])
-            extra = max(f["peak_mib"] - f["account_mib"] for f in facts)
+            extra = max(f["step_peak_mib"] - f["account_mib"] for f in facts)
             fixed = account[0] - slope * batches[0] + extra
             how = f"compiled account {slope:,.0f} MiB/segment + {fixed:,.0f} MiB"
         else:
-            peak = [f["peak_mib"] for f in facts[-2:]]
+            peak = [f["step_peak_mib"] for f in facts[-2:]]
             slope = (peak[1] - peak[0]) / (batches[-1] - batches[-2])
             fixed = peak[0] - slope * batches[-2]
             how = f"peak RSS {slope:,.0f} MiB/segment + {fixed:,.0f} MiB"
