@@ -18,7 +18,7 @@ import transformers
 
 from msjax.audio import load_audio
 from msjax.convert.hf import _convert, load_ssl
-from msjax.encoders import normalize_waveform
+from msjax.encoders import load_configured_encoder, normalize_waveform
 from msjax.errors import CheckpointError
 from msjax.models.ssl import REMAT_POLICIES, SSLConfig, SSLEncoder, _span_mask, grouped_conv_1d
 
@@ -412,6 +412,9 @@ def test_remat_keeps_params_loss_and_gradients():
             out = module.apply({"params": p}, wav, train=True, rngs=rngs)["last_hidden_state"]
             return jnp.mean(jnp.sin(3.0 * out))
 
+        # jax.checkpoint's primitive is in the program exactly when remat is on.
+        remat = " remat2[" in str(jax.make_jaxpr(loss)(params))
+        assert remat == (module.remat_policy is not None)
         return jax.jit(jax.value_and_grad(loss))(params)
 
     want_loss, want = loss_and_grads(plain)
@@ -427,6 +430,22 @@ def test_remat_keeps_params_loss_and_gradients():
             np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-5, err_msg=f"{policy} {path}")
     with pytest.raises(ValueError, match="remat_policy"):
         plain.clone(remat_policy="everything")
+
+
+def test_run_config_turns_remat_on_for_finetuning_only():
+    from configs import default
+
+    config = default.get_config()
+    config.ssl.name = "random:tiny"
+    assert load_configured_encoder(config.ssl).module.remat_policy is None
+    config.ssl.remat, config.ssl.remat_policy = True, "dots_saveable"
+    assert load_configured_encoder(config.ssl).module.remat_policy is None  # frozen features
+    config.ssl.finetune = True
+    encoder = load_configured_encoder(config.ssl)
+    assert encoder.module.remat_policy == "dots_saveable"
+    assert encoder.config.layerdrop == config.ssl.layerdrop
+    del config.ssl.remat  # a config saved before the field
+    assert load_configured_encoder(config.ssl).module.remat_policy is None
 
 
 def test_bfloat16_compute_keeps_float32_params(saved):
