@@ -66,6 +66,13 @@ def get_config() -> ml_collections.ConfigDict:
             mask_time_prob=0.05,
             mask_time_length=10,
             layerdrop=0.1,
+            # Fine-tuning: recompute each transformer layer's activations in the backward
+            # pass instead of keeping them (less memory, more compute). The policy names
+            # what is kept: "nothing_saveable" (least memory),
+            # "dots_with_no_batch_dims_saveable" (the linear layers' outputs) or
+            # "dots_saveable" (also the attention products).
+            remat=False,
+            remat_policy="nothing_saveable",
             extract_batch_size=8,
         )
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from msjax.cache import params_hash
@@ -99,6 +100,34 @@ class Encoder:
         """The same weights under changed fine-tuning settings (masking, LayerDrop, ...)."""
         config = dataclasses.replace(self.config, **changes)
         return dataclasses.replace(self, config=config, module=self.module.clone(config=config))
+
+    def with_remat(self, policy: str | None) -> Encoder:
+        """The same encoder rematerialising its transformer layers when differentiated.
+
+        Args:
+            policy: one of msjax.models.ssl.REMAT_POLICIES, or None for no remat.
+        """
+        return dataclasses.replace(self, module=self.module.clone(remat_policy=policy))
+
+
+def load_configured_encoder(ssl: ml_collections.ConfigDict, seed: int = 0) -> Encoder:
+    """The encoder a run config's `ssl` section names, with its fine-tuning settings
+    (masking, LayerDrop, frozen conv stack, rematerialisation) when `ssl.finetune`.
+
+    Raises:
+      as `load_encoder`.
+    """
+    encoder = load_encoder(ssl["name"], seed=seed, extract_batch_size=ssl["extract_batch_size"])
+    if not ssl["finetune"]:
+        return encoder
+    encoder = encoder.with_config(
+        mask_time_prob=ssl["mask_time_prob"],
+        mask_time_length=ssl["mask_time_length"],
+        layerdrop=ssl["layerdrop"],
+        freeze_feature_encoder=ssl["freeze_feature_encoder"],
+    )
+    # Configs saved before the field never rematerialise.
+    return encoder.with_remat(ssl["remat_policy"] if ssl.get("remat", False) else None)
 
 
 def load_encoder(name: str, *, seed: int = 0, extract_batch_size: int = 8) -> Encoder:

@@ -17,6 +17,7 @@ import ml_collections
 from msjax.data.folds import PROTOCOLS
 from msjax.errors import UsageError
 from msjax.features import FeatureConfig
+from msjax.models.ssl import REMAT_POLICIES
 
 # Smallest spectrogram image side AlexNet's five convolutions and three poolings accept.
 MIN_IMAGE_SIDE = 63
@@ -113,6 +114,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _real(config, "ssl.mask_time_prob", 0.0, 1.0)
     _int(config, "ssl.mask_time_length", 1)
     _real(config, "ssl.layerdrop", 0.0, 1.0)
+    if "remat_policy" in config.ssl:  # configs saved before the field never rematerialise
+        _choice(config, "ssl.remat_policy", REMAT_POLICIES)
     try:
         FeatureConfig(**config.features)
     except UsageError as err:

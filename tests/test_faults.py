@@ -107,6 +107,7 @@ def _config(**changes) -> ml_collections.ConfigDict:
         ("fold", -2), ("num_folds", -1), ("seed", -1), ("protocol", "kfold"),
         ("validation", "train"), ("compute_dtype", "float16"), ("model__dropout", 1.0),
         ("model__lstm_hidden", 0), ("features__hop_length", 0), ("feature_workers", -1),
+        ("ssl__remat_policy", "dots"),
     ],
 )
 def test_check_config_names_the_field(field, value):

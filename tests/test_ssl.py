@@ -18,9 +18,9 @@ import transformers
 
 from msjax.audio import load_audio
 from msjax.convert.hf import _convert, load_ssl
-from msjax.encoders import normalize_waveform
+from msjax.encoders import load_configured_encoder, normalize_waveform
 from msjax.errors import CheckpointError
-from msjax.models.ssl import SSLConfig, SSLEncoder, _span_mask, grouped_conv_1d
+from msjax.models.ssl import REMAT_POLICIES, SSLConfig, SSLEncoder, _span_mask, grouped_conv_1d
 
 TINY = dict(
     hidden_size=32,
@@ -393,6 +393,59 @@ def test_freeze_feature_encoder_stops_conv_gradients():
     assert conv_norm(frozen) == 0.0
     assert conv_norm(free) > 0.0
     assert float(jnp.abs(frozen["feature_projection"]["projection"]["kernel"]).sum()) > 0.0
+
+
+def test_remat_keeps_params_loss_and_gradients():
+    """Rematerialised layers, each policy: the same parameter tree, and the same loss and
+    gradients as the plain encoder in a training step with every source of randomness on
+    (dropouts, LayerDrop, time masking), so a replayed rng that differed would show."""
+    config = SSLConfig(
+        **TINY, layerdrop=0.3, mask_time_prob=0.3, mask_time_length=2, freeze_feature_encoder=True,
+    )
+    wav = jnp.asarray(np.random.default_rng(7).standard_normal((2, 2000)), jnp.float32)
+    plain = SSLEncoder(config)
+    params = jax.jit(plain.init)(jax.random.key(0), wav[:, :400])["params"]
+    rngs = {"dropout": jax.random.key(1), "mask": jax.random.key(2)}
+
+    def loss_and_grads(module):
+        def loss(p):
+            out = module.apply({"params": p}, wav, train=True, rngs=rngs)["last_hidden_state"]
+            return jnp.mean(jnp.sin(3.0 * out))
+
+        # jax.checkpoint's primitive is in the program exactly when remat is on.
+        remat = " remat2[" in str(jax.make_jaxpr(loss)(params))
+        assert remat == (module.remat_policy is not None)
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    want_loss, want = loss_and_grads(plain)
+    assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(want["encoder"]["layers"]))
+    for policy in REMAT_POLICIES:
+        module = plain.clone(remat_policy=policy)
+        shapes = jax.eval_shape(module.init, jax.random.key(0), wav[:, :400])["params"]
+        assert jax.tree.structure(shapes) == jax.tree.structure(params)
+        got_loss, got = loss_and_grads(module)
+        np.testing.assert_allclose(got_loss, want_loss, rtol=1e-6, err_msg=policy)
+        for path, g in jax.tree_util.tree_leaves_with_path(got):
+            w = functools.reduce(lambda t, k: t[k.key], path, want)
+            np.testing.assert_allclose(g, w, atol=1e-6, rtol=1e-5, err_msg=f"{policy} {path}")
+    with pytest.raises(ValueError, match="remat_policy"):
+        plain.clone(remat_policy="everything")
+
+
+def test_run_config_turns_remat_on_for_finetuning_only():
+    from configs import default
+
+    config = default.get_config()
+    config.ssl.name = "random:tiny"
+    assert load_configured_encoder(config.ssl).module.remat_policy is None
+    config.ssl.remat, config.ssl.remat_policy = True, "dots_saveable"
+    assert load_configured_encoder(config.ssl).module.remat_policy is None  # frozen features
+    config.ssl.finetune = True
+    encoder = load_configured_encoder(config.ssl)
+    assert encoder.module.remat_policy == "dots_saveable"
+    assert encoder.config.layerdrop == config.ssl.layerdrop
+    del config.ssl.remat  # a config saved before the field
+    assert load_configured_encoder(config.ssl).module.remat_policy is None
 
 
 def test_bfloat16_compute_keeps_float32_params(saved):

@@ -18,6 +18,10 @@ Fine-tuning follows transformers' training behaviour: time (and optionally featu
 masking with a learned `masked_spec_embed`, LayerDrop, and the configured dropouts, all
 active only with `train=True`. Dropout and LayerDrop draw from the 'dropout' rng stream;
 masking draws from the 'mask' stream when one is given, else from 'dropout'.
+
+`SSLEncoder(remat_policy=...)` rematerialises each transformer layer in the backward
+pass (jax.checkpoint under a named `jax.checkpoint_policies` policy): activation memory
+for compute, with the same parameter tree and the same gradients.
 """
 
 from __future__ import annotations
@@ -114,6 +118,13 @@ _low_dot.defvjp(_low_dot_fwd, _low_dot_bwd)
 def _dense(features: int, dtype: Dtype, name: str) -> nn.Dense:
     return nn.Dense(features, dtype=dtype, dot_general=_dot_general, name=name)
 
+
+# jax.checkpoint_policies a rematerialised layer may use: what each keeps from its forward.
+REMAT_POLICIES = (
+    "nothing_saveable",  # only the layer's input; the whole layer reruns in the backward
+    "dots_with_no_batch_dims_saveable",  # also the projections' and feed-forward's outputs
+    "dots_saveable",  # also the attention logits and weighted values
+)
 
 # PyTorch's LayerNorm/GroupNorm default eps, used by the conv feature extractor.
 _CONV_NORM_EPS = 1e-5
@@ -581,18 +592,26 @@ class _LayerStack(nn.Module):
 
     Returns the output and the hidden states: the input of layer 0 followed by the
     output of every layer. A layer that LayerDrop skips passes its input through, so
-    the tuple always has num_hidden_layers + 1 entries.
+    the tuple always has num_hidden_layers + 1 entries. With a `remat_policy` each
+    layer is rematerialised (nn.remat keeps the module's name, so the parameter tree
+    is unchanged, and replays its dropout rngs, so the gradients are too).
     """
 
     config: SSLConfig
     dtype: Dtype
+    remat_policy: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, tuple[jax.Array, ...]]:
         cfg = self.config
+        layer_cls = _EncoderLayer
+        if self.remat_policy is not None:
+            policy = getattr(jax.checkpoint_policies, self.remat_policy)
+            # `train` (argument 2, counting the module) selects Python branches: static.
+            layer_cls = nn.remat(_EncoderLayer, policy=policy, static_argnums=(2,))
         states = [x]
         for i in range(cfg.num_hidden_layers):
-            layer = _EncoderLayer(cfg, self.dtype, name=str(i))
+            layer = layer_cls(cfg, self.dtype, name=str(i))
             if train and cfg.layerdrop > 0:
                 keep = jax.random.uniform(self.make_rng("dropout")) >= cfg.layerdrop
                 x = nn.cond(keep, lambda mdl, h: mdl(h, True), lambda mdl, h: h, layer, x)
@@ -607,6 +626,7 @@ class _Encoder(nn.Module):
 
     config: SSLConfig
     dtype: Dtype
+    remat_policy: str | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> tuple[jax.Array, tuple[jax.Array, ...]]:
@@ -616,7 +636,7 @@ class _Encoder(nn.Module):
         if not cfg.do_stable_layer_norm:
             x = norm(x)
         x = nn.Dropout(cfg.hidden_dropout)(x, deterministic=not train)
-        x, states = _LayerStack(cfg, self.dtype, name="layers")(x, train)
+        x, states = _LayerStack(cfg, self.dtype, self.remat_policy, name="layers")(x, train)
         if cfg.do_stable_layer_norm:
             x = norm(x)
         return x, states
@@ -628,10 +648,20 @@ class SSLEncoder(nn.Module):
     Attributes:
         config: the architecture and fine-tuning settings.
         dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
+        remat_policy: None, or one of REMAT_POLICIES to rematerialise the transformer
+            layers in the backward pass (less activation memory, more compute).
     """
 
     config: SSLConfig
     dtype: Dtype = jnp.float32
+    remat_policy: str | None = None
+
+    def __post_init__(self):
+        if self.remat_policy is not None and self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"remat_policy {self.remat_policy!r} is not one of {', '.join(REMAT_POLICIES)}"
+            )
+        super().__post_init__()
 
     @nn.compact
     def __call__(
@@ -667,7 +697,7 @@ class SSLEncoder(nn.Module):
             )
             if train and cfg.apply_spec_augment:
                 x = self._mask(x, embed)
-        x, states = _Encoder(cfg, self.dtype, name="encoder")(x, train)
+        x, states = _Encoder(cfg, self.dtype, self.remat_policy, name="encoder")(x, train)
         return {"last_hidden_state": x, "hidden_states": states if output_hidden_states else None}
 
     def _mask(self, x: jax.Array, embed: jax.Array) -> jax.Array:

@@ -38,7 +38,7 @@ from msjax.data import load_dataset, loader_options
 from msjax.data.folds import Fold, class_weights, folds_to_dict, make_folds, summarize_folds
 from msjax.data.records import Dataset
 from msjax.data.synthetic import generate_corpus
-from msjax.encoders import Encoder, load_encoder
+from msjax.encoders import Encoder, load_configured_encoder
 from msjax.errors import DataError, UsageError, writing
 from msjax.features import FeatureConfig
 from msjax.files import atomic_write, write_once
@@ -191,20 +191,6 @@ def run_inputs(dataset: Dataset, encoder: Encoder) -> dict[str, str]:
     }
 
 
-def _load_encoder(config: ml_collections.ConfigDict) -> Encoder:
-    encoder = load_encoder(
-        config.ssl.name, seed=config.seed, extract_batch_size=config.ssl.extract_batch_size
-    )
-    if config.ssl.finetune:
-        encoder = encoder.with_config(
-            mask_time_prob=config.ssl.mask_time_prob,
-            mask_time_length=config.ssl.mask_time_length,
-            layerdrop=config.ssl.layerdrop,
-            freeze_feature_encoder=config.ssl.freeze_feature_encoder,
-        )
-    return encoder
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """Runs the cross-validation the config describes; returns results.json's content.
 
@@ -221,7 +207,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if config.model.use_spectrogram and not config.model.baseline:
         # Download ImageNet AlexNet (or fail offline) before any feature work.
         alexnet_weights_file(config.model.alexnet_weights, config.model.random_alexnet)
-    encoder = _load_encoder(config)
+    encoder = load_configured_encoder(config.ssl, seed=config.seed)
     inputs = run_inputs(dataset, encoder)
     with contextlib.ExitStack() as stack:
         if config.fold < 0:
