@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, cpu_env
 
 from msjax.models.emoboost import MSEmoBoost, dummy_batch
+from msjax.train import setup
 from msjax.train.loop import FoldRunner, NonFiniteLossError
 from msjax.train.pipeline import Entry
 from msjax.train.steps import create_state, make_mesh, make_steps
@@ -188,7 +189,8 @@ def test_non_finite_loss_names_fold_epoch_step_and_utterances():
     store = _ArrayStore({e.uid: {"x": np.zeros((1, 2), np.float32)} for e in entries})
     runner = FoldRunner(
         store=store, kinds=["x"], train_step=train_step, eval_step=None, batch_size=1,
-        eval_batch_size=1, num_epochs=1, patience=1, seed=0, data_sharding=None, num_classes=3,
+        eval_batch_size=1, num_epochs=1, patience=1, seed=0,
+        data_sharding=setup.data_sharding(make_mesh()), num_classes=3,
     )
     with pytest.raises(NonFiniteLossError) as err:
         runner.train_epoch({"step": np.int32(10)}, entries, fold=4, epoch=2)
