@@ -42,9 +42,9 @@ What limits it
     The encoder: about 42 GFLOP of float32 matmuls and convolutions per 3 s segment
     (bench/encoder.py counts them), against about 5 for the head's forward (most of it
     AlexNet on the 256x384 image); decoding and features (read twice for a windowed
-    file, to find its levels) take well under 1% of the time. A file's last segment is zero-padded to
-    3 s on both sides; msjax also pads the folder's last batch to --batch-size, so a
-    short folder costs it up to batch-size - 1 segments of extra work.
+    file, to find its levels) take well under 1% of the time. A file's last segment is
+    zero-padded to 3 s on both sides; msjax also pads the folder's last batch to
+    --batch-size, so a short folder costs it up to batch-size - 1 segments of extra work.
 
     Measured figures, dated, with the machine: bench/RESULTS.md.
 """
