@@ -191,6 +191,7 @@ class TorchRunner:
         import transformers
         from train_step import _torch_network
 
+        from configs import default
         from msjax.features import FeatureConfig
 
         torch.set_num_threads(opts["threads"])
@@ -202,7 +203,8 @@ class TorchRunner:
         config = self.encoder.config
         for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
             frames = (frames - kernel) // stride + 1
-        self.head = _torch_network(frames, None).eval()
+        # The head of make_checkpoints' config, without an encoder inside (features come in).
+        self.head = _torch_network(default.get_config().model, frames, None, False).eval()
         head = dict(np.load(opts["head"]))
         self.norm = {k: torch.from_numpy(head.pop(f"norm/{k}")) for k in ("lo", "hi")}
         _port_head(self.head, head)
