@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from tqdm import tqdm
 
@@ -33,11 +33,6 @@ def bar(items: Iterable | None = None, *, desc: str, total: float | None = None,
     """A progress bar over `items` (or a manual one, updated by `.update(n)`)."""
     return tqdm(items, desc=desc, total=total, unit=unit, unit_scale=unit_scale,
                 leave=leave, disable=None if _bars_allowed else True)
-
-
-def stage(desc: str) -> Callable[[Iterable], Iterable]:
-    """`items -> items` with a bar named `desc`, for functions that take a progress hook."""
-    return lambda items: bar(items, desc=desc)
 
 
 def line(message: str, *args: object) -> None:

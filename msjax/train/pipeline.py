@@ -158,11 +158,13 @@ def _groups(entries: Sequence[Entry], segments: int) -> Iterator[list[Entry]]:
     """Consecutive runs of `entries` holding at least `segments` segments (the last
     one fewer)."""
     group: list[Entry] = []
+    held = 0
     for entry in entries:
         group.append(entry)
-        if sum(e.num_segments for e in group) >= segments:
+        held += entry.num_segments
+        if held >= segments:
             yield group
-            group = []
+            group, held = [], 0
     if group:
         yield group
 
