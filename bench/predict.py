@@ -7,7 +7,8 @@ What it measures
     MS-EmoBoost head (random weights, classifier included). Throughput is audio seconds
     per wall-clock second over the whole folder, decoding and features included.
 
-      msjax:   `msjax.predict.Predictor` + `predict_files`, what bin/predict runs: the
+      msjax:   `msjax.predict.Predictor` + `predict_files`, what bin/predict runs (with
+               its host memory policy, `msjax.runtime.configure_host_memory`): the
                segments of consecutive files packed into batches of --batch-size (one
                compiled program: encoder and head in one jax.jit), a thread decoding
                and computing features ahead of the model, long files read in windows.
@@ -147,7 +148,10 @@ class MsjaxRunner:
 
     def __init__(self, opts: dict[str, Any]):
         os.environ["JAX_PLATFORMS"] = "cpu"
+        from msjax import runtime
         from msjax.predict import Predictor, predict_files
+
+        runtime.configure_host_memory()  # as bin/predict does, before JAX starts
 
         self.predict_files = predict_files
         self.predictor = Predictor(

@@ -15,8 +15,10 @@ cross-entropy loss and an Adam update. Two workloads (`--mode`):
 
   msjax    the training code itself: `msjax.train.steps.make_steps` (jitted, state
            donated) on the model `msjax.inference.build_model` builds, and a state
-           from `create_state`; `--dtype=bfloat16` is its mixed precision (bf16
-           compute, f32 master weights).
+           from `create_state`, in a process with bin/train's host memory policy
+           (`msjax.runtime.configure_host_memory`, free memory released after
+           compiling); `--dtype=bfloat16` is its mixed precision (bf16 compute, f32
+           master weights).
   PyTorch  the same network written below with torch.nn (torchvision's AlexNet layers,
            nn.LSTM, transformers' Wav2Vec2Model built from the same config), eager
            mode, torch.optim.Adam; bf16 (`--torch-dtype`, by default `--dtype`) runs
@@ -223,6 +225,7 @@ def setup_msjax(
     import jax.numpy as jnp
     import optax
 
+    from msjax import runtime
     from msjax.encoders import load_configured_encoder
     from msjax.features import FeatureConfig
     from msjax.inference import build_model, wav_normalizer
@@ -259,6 +262,7 @@ def setup_msjax(
     start = time.perf_counter()
     compiled = train_step.lower(state, batch, rng).compile()
     compile_s = time.perf_counter() - start
+    runtime.release_free_memory()  # as training does after compiling its step
     mem = compiled.memory_analysis()
     account = (
         mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
@@ -465,6 +469,10 @@ def _send(message: dict[str, Any]) -> None:
 def serve(framework: str) -> None:
     """Child process: read the settings, set up, warm up, then run one timed step per
     "step" line on stdin."""
+    if framework != "torch":
+        from msjax import runtime
+
+        runtime.configure_host_memory()  # as the bin/ commands do, before JAX starts
     config = ml_collections.ConfigDict(json.loads(sys.stdin.readline()))
     if framework == "torch":
         step, peak_mib, facts = setup_torch(config)

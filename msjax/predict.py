@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msjax import checkpoint, inference
+from msjax import checkpoint, inference, runtime
 from msjax.audio import wav_header_problem
 from msjax.encoders import Encoder, load_encoder
 from msjax.errors import AudioError, CheckpointError, DataError, UsageError, writing
@@ -95,6 +95,7 @@ class Predictor:
             )
 
         self._log_probs = jax.jit(log_probs)
+        self._compiled = False
 
     @staticmethod
     def _encoder(ssl: dict, params: dict) -> Encoder:
@@ -120,7 +121,12 @@ class Predictor:
     def segment_log_probs(self, batch: dict[str, np.ndarray]) -> np.ndarray:
         """Log-probabilities of a batch of segments: mfcc [B, T, M], spec [B, F, T],
         wav [B, N] -> [B, C]. Compiled once per batch shape."""
-        return np.asarray(self._log_probs(self.variables, self._encoder_params, batch))
+        logprobs = np.asarray(self._log_probs(self.variables, self._encoder_params, batch))
+        if not self._compiled:
+            # The first call compiled the program: hand what the compiler freed back.
+            runtime.release_free_memory()
+            self._compiled = True
+        return logprobs
 
 
 @dataclasses.dataclass

@@ -21,7 +21,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from msjax import progress
+from msjax import progress, runtime
 from msjax.errors import DataError, MsjaxError, UsageError
 from msjax.validation import field_names, unknown_field_message
 
@@ -202,7 +202,9 @@ def _parse(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[], int | None]) -> None:
-    """absl app with one-line errors and msjax exit codes."""
+    """absl app with one-line errors and msjax exit codes; the host memory policy
+    (`runtime.configure_host_memory`) is set before JAX starts."""
+    runtime.configure_host_memory()
 
     def wrapped(argv: list[str]) -> int | None:
         progress.configure(FLAGS.verbosity, FLAGS.quiet)

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from msjax import checkpoint, distributed, inference, progress, timing
+from msjax import checkpoint, distributed, inference, progress, runtime, timing
 from msjax import metrics as M
 from msjax.errors import DataError
 from msjax.train.pipeline import Entry, FeatureStore, device_batch, iterate_batches, prefetch
@@ -56,6 +56,7 @@ class FoldRunner:
     seed: int
     data_sharding: Any
     num_classes: int
+    _compiled: bool = dataclasses.field(default=False, init=False, repr=False)
 
     def evaluate(self, state: dict, entries: Sequence[Entry]) -> dict:
         """Utterance-level evaluation: segment log-softmax averaged per utterance.
@@ -110,6 +111,11 @@ class FoldRunner:
             state, step = self.train_step(
                 state, device_batch(batch, self.data_sharding, self.batch_size), loop_key
             )
+            if not self._compiled:
+                # The first call compiled the step: hand what the compiler freed back
+                # before the steps' own buffers take their place.
+                runtime.release_free_memory()
+                self._compiled = True
             step_metrics.append(step)
             step_uids.append(uids)
         host = jax.device_get(step_metrics)
