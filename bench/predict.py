@@ -35,6 +35,8 @@ What it measures
 How to run
     python bench/predict.py [--files 12] [--long-seconds 300] [--repeats 3]
                             [--batch-size 8] [--threads N]
+    python bench/predict.py --only msjax --files 0 --long-seconds 3600 --repeats 0
+                            # peak RSS over an hour-long recording
 
     On a machine shared with other work, take the lock that keeps benchmarks apart:
     `flock LOCKFILE python bench/predict.py`.
@@ -323,7 +325,13 @@ def main() -> int:
     parser.add_argument("--window-seconds", type=float, default=60.0)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--only", choices=list(RUNNERS),
+        help="run this pipeline alone (e.g. msjax's peak RSS on an hour-long file with "
+        "--files 0 --long-seconds 3600 --repeats 0): no ratio, no agreement check",
+    )
     args = parser.parse_args()
+    names = [args.only] if args.only else list(RUNNERS)
 
     print("bin/predict over a folder: msjax (packed, overlapped, windowed) vs a PyTorch "
           "pipeline (transformers Wav2Vec2Model + torch head, file by file)")
@@ -336,7 +344,7 @@ def main() -> int:
             fold = pool.submit(make_checkpoints, root, args.seed).result()
         opts = dict(vars(args), paths=paths, fold=str(fold), encoder=str(root / "encoder"),
                     head=str(root / "head.npz"), runners=RUNNERS)
-        children = [Child(name, opts) for name in RUNNERS]
+        children = [Child(name, opts) for name in names]
         for child in children:
             child.ready()
         info = {c.name: c.call("describe") for c in children}
@@ -349,21 +357,26 @@ def main() -> int:
         for c in children:
             c.stop()
 
-    audio = first["msjax"]["audio"]
+    audio = first[names[0]]["audio"]
     print(f"folder: {args.files} files of 0.4-12 s + one of {args.long_seconds:g} s, "
           f"{audio:.0f} s of audio; batch {args.batch_size}; windows of "
           f"{args.window_seconds:g} s; {args.threads} threads each")
-    for name in RUNNERS:
+    for name in names:
         print(f"{name}: {info[name]}")
     speed = {}
-    for name in RUNNERS:
-        walls = [p["wall"] for p in passes[name]]
+    for name in names:
+        # Without repeats, the first pass (compilation included) is all there is.
+        runs = passes[name] or [first[name]]
+        walls = [p["wall"] for p in runs]
         speed[name] = audio / statistics.median(walls)
-        rss = max(p["rss_mib"] for p in passes[name])
-        print(f"  {name:8s} {speed[name]:6.2f} audio s per wall s (median of {len(walls)} "
-              f"passes: {' '.join(f'{w:.1f}' for w in walls)} s; first pass "
+        rss = max(p["rss_mib"] for p in runs)
+        kind = f"median of {len(walls)} passes" if passes[name] else "first pass only"
+        print(f"  {name:8s} {speed[name]:6.2f} audio s per wall s ({kind}: "
+              f"{' '.join(f'{w:.1f}' for w in walls)} s; first pass "
               f"{first[name]['wall']:.1f} s)  peak RSS in a pass {rss:,.0f} MiB, incl. "
-              f"loading {passes[name][-1]['max_rss_mib']:,.0f} MiB")
+              f"loading {runs[-1]['max_rss_mib']:,.0f} MiB")
+    if args.only:
+        return 0
     print(f"ratio msjax/PyTorch: {speed['msjax'] / speed['PyTorch']:.2f}x; load average "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
     worst = 0.0
