@@ -52,14 +52,27 @@ def _manager(directory: Path) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory.absolute(), options=options)
 
 
+class _AbandonedWriteFilter(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" reports of orbax's tasks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("Task exception was never retrieved" in message and "orbax" in message)
+
+
 def _quiet_abandoned_writes() -> None:
     """Stops Python printing a traceback for each write that a failed save abandoned.
 
-    When one write fails (a full disk), orbax closes its event loop while tensorstore
-    still completes the others in its own threads; each completion then finds the
-    loop closed and is reported as an unraisable "Event loop is closed" error. The
-    save's own error is what the caller reports; every other report goes through.
+    When one write fails (a full disk), orbax stops waiting for the others: their
+    failures are never retrieved, and asyncio logs each task's traceback when the task
+    is collected. Orbax also closes its event loop while tensorstore still completes
+    writes in its own threads; each completion then finds the loop closed and is
+    reported as an unraisable "Event loop is closed" error. The save's own error is
+    what the caller reports; every other report goes through.
     """
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _AbandonedWriteFilter) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_AbandonedWriteFilter())
     if getattr(sys.unraisablehook, "drops_closed_loop_reports", False):
         return
     previous = sys.unraisablehook

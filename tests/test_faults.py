@@ -2,9 +2,12 @@
 disks, two runs at once. Each must end with its exit code (2 usage, 3 data) and one
 `error:` line, no traceback, and lose nothing computed before."""
 
+import asyncio
 import collections
 import errno
+import gc
 import json
+import logging
 import os
 import resource
 import shutil
@@ -477,6 +480,33 @@ def test_failed_save_cleanup_outlasts_late_writes(tmp_path):
 
 def _file_size_limit(limit: int):
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def _unretrieved_failure(filename: str) -> None:
+    """A task that fails with nobody awaiting it, as the writes a failed orbax save
+    abandons do, from a coroutine whose code reads as defined in `filename`."""
+    namespace: dict = {}
+    code = "async def write():\n    raise OSError(errno.EFBIG, 'File too large')\n"
+    exec(compile(code, filename, "exec"), {"errno": errno}, namespace)
+    loop = asyncio.new_event_loop()
+    try:
+        task = loop.create_task(namespace["write"]())
+        loop.run_until_complete(asyncio.wait([task]))
+    finally:
+        loop.close()
+    del task
+    gc.collect()  # asyncio reports an unretrieved exception when the task is collected
+
+
+def test_abandoned_orbax_writes_are_not_reported_but_other_tasks_are(caplog):
+    checkpoint._quiet_abandoned_writes()
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        _unretrieved_failure("orbax/checkpoint/_src/serialization/serialization.py")
+        _unretrieved_failure("elsewhere/jobs.py")
+    reports = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
+    assert len(reports) == 1, reports
+    assert "Task exception was never retrieved" in reports[0]
+    assert "elsewhere/jobs.py" in reports[0]
 
 
 @pytest.mark.slow  # two fold trainings, to show the rerun finishes
