@@ -19,8 +19,9 @@ glibc serves an allocation that large with a fresh mmap in a worker's arena and 
 on free, so every step faults the whole buffer in again page by page (360,000 faults,
 0.3-4 s of kernel time per step depending on the machine). With one arena, no mmap and
 no automatic trimming, freed buffers stay mapped and the next step reuses them. Free
-memory is handed back at chosen points instead (`release_free_memory`, after a
-compilation, which frees about a gigabyte in arenas the steps would not reuse).
+memory is handed back at chosen points instead (`release_free_memory`, once the first
+compilation is done: it leaves about a gigabyte free, which the steps' own buffers only
+partly reuse).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def _glibc() -> ctypes.CDLL | None:
         return None
     try:
         libc = ctypes.CDLL(name)
-        libc.gnu_get_libc_version  # noqa: B018 (raises AttributeError outside glibc)
+        libc.gnu_get_libc_version  # only glibc has it: AttributeError elsewhere
     except (OSError, AttributeError):
         return None
     return libc
