@@ -25,6 +25,7 @@ import shutil
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +54,14 @@ def _manager(directory: Path) -> ocp.CheckpointManager:
 
 
 class _AbandonedWriteFilter(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" reports of orbax's tasks."""
+    """Drops asyncio's "<Task or future> exception was never retrieved" reports of
+    exceptions raised in orbax's code."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not ("Task exception was never retrieved" in message and "orbax" in message)
+        if "exception was never retrieved" not in record.getMessage() or not record.exc_info:
+            return True
+        frames = traceback.extract_tb(record.exc_info[2])
+        return not any("orbax" in Path(frame.filename).parts for frame in frames)
 
 
 def _quiet_abandoned_writes() -> None:

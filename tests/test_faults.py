@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import jax
@@ -482,31 +483,35 @@ def _file_size_limit(limit: int):
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
-def _unretrieved_failure(filename: str) -> None:
-    """A task that fails with nobody awaiting it, as the writes a failed orbax save
-    abandons do, from a coroutine whose code reads as defined in `filename`."""
+def _unretrieved_failure(filename: str, gathered: bool) -> None:
+    """A task (or a gather of it) that fails with nobody awaiting it, as the writes a
+    failed orbax save abandons do, from a coroutine whose code reads as defined in
+    `filename`."""
     namespace: dict = {}
     code = "async def write():\n    raise OSError(errno.EFBIG, 'File too large')\n"
     exec(compile(code, filename, "exec"), {"errno": errno}, namespace)
     loop = asyncio.new_event_loop()
     try:
-        task = loop.create_task(namespace["write"]())
-        loop.run_until_complete(asyncio.wait([task]))
+        future = loop.create_task(namespace["write"]())
+        if gathered:
+            future = asyncio.gather(future)
+        loop.run_until_complete(asyncio.wait([future]))
     finally:
         loop.close()
-    del task
-    gc.collect()  # asyncio reports an unretrieved exception when the task is collected
+    del future
+    gc.collect()  # asyncio reports an unretrieved exception when the future is collected
 
 
-def test_abandoned_orbax_writes_are_not_reported_but_other_tasks_are(caplog):
+@pytest.mark.parametrize("gathered", [False, True], ids=["task", "gather"])
+def test_abandoned_orbax_writes_are_not_reported_but_other_failures_are(caplog, gathered):
     checkpoint._quiet_abandoned_writes()
     with caplog.at_level(logging.ERROR, logger="asyncio"):
-        _unretrieved_failure("orbax/checkpoint/_src/serialization/serialization.py")
-        _unretrieved_failure("elsewhere/jobs.py")
-    reports = [r.getMessage() for r in caplog.records if r.name == "asyncio"]
-    assert len(reports) == 1, reports
-    assert "Task exception was never retrieved" in reports[0]
-    assert "elsewhere/jobs.py" in reports[0]
+        _unretrieved_failure("orbax/checkpoint/_src/serialization/serialization.py", gathered)
+        _unretrieved_failure("elsewhere/jobs.py", gathered)
+    reports = [r for r in caplog.records if r.name == "asyncio"]
+    assert len(reports) == 1, [r.getMessage() for r in reports]
+    assert "exception was never retrieved" in reports[0].getMessage()
+    assert "elsewhere/jobs.py" in "".join(traceback.format_exception(*reports[0].exc_info))
 
 
 @pytest.mark.slow  # two fold trainings, to show the rerun finishes
