@@ -80,11 +80,29 @@ def model_inputs(
     return inputs
 
 
-def _cast(tree: Any, dtype: jnp.dtype) -> Any:
+# What `compute_dtype` may be, by name (bin/predict's --compute_dtype, configs).
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
+    """`tree` with its floating-point leaves cast to `dtype` (others unchanged)."""
+
     def cast(x):
         return x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
 
     return jax.tree.map(cast, tree)
+
+
+def with_compute_dtype(model: MSEmoBoost, dtype: jnp.dtype) -> MSEmoBoost:
+    """The model with the encoder it runs inside (if any) computing in `dtype`.
+
+    The encoder computes in its module's dtype whatever its params are cast to: a
+    float32 module would cast bf16 params back up in every dense layer.
+    """
+    encoder = getattr(model, "encoder", None)
+    if encoder is None or encoder.dtype == dtype:
+        return model
+    return model.clone(encoder=encoder.clone(dtype=dtype))
 
 
 def forward(
@@ -108,7 +126,7 @@ def forward(
     """
     inputs = model_inputs(batch, norm, image_size, normalize_wav)
     if compute_dtype != jnp.float32:
-        params, inputs = _cast(params, compute_dtype), _cast(inputs, compute_dtype)
+        params, inputs = cast_floats(params, compute_dtype), cast_floats(inputs, compute_dtype)
     rngs = {"dropout": rng} if train else {}
     out = model.apply(
         {"params": params}, inputs, train=train, rngs=rngs, return_features=return_features

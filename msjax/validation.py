@@ -17,12 +17,12 @@ import ml_collections
 from msjax.data.folds import PROTOCOLS
 from msjax.errors import UsageError
 from msjax.features import FeatureConfig
+from msjax.inference import COMPUTE_DTYPES
 from msjax.models.ssl import REMAT_POLICIES
 
 # Smallest spectrogram image side AlexNet's five convolutions and three poolings accept.
 MIN_IMAGE_SIDE = 63
 VALIDATIONS = ("heldout", "test")
-COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 def field_names(
@@ -83,7 +83,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise UsageError(f"--data_dir is required for --dataset={config.dataset}")
     _choice(config, "protocol", PROTOCOLS)
     _choice(config, "validation", VALIDATIONS)
-    _choice(config, "compute_dtype", COMPUTE_DTYPES)
+    _choice(config, "compute_dtype", tuple(COMPUTE_DTYPES))
     _int(config, "num_folds", 0)
     if config.fold != -1:
         value = config.fold

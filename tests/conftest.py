@@ -7,6 +7,7 @@ utterances per emotion, 1 s segments, a tiny random encoder, small images) with
 """
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,22 @@ def shared_corpus(name: str) -> Path:
 def emodb_dir() -> Path:
     """The real EMODB copy (see shared_corpus)."""
     return shared_corpus("emodb")
+
+
+PRODUCT_OP = re.compile(r"stablehlo\.(dot_general|convolution)\b")
+TENSOR_TYPE = re.compile(r"tensor<(?:[0-9]+x)*(bf16|f32|f64|f16)>")
+
+
+def products(program: str) -> list[tuple[str, tuple[str, ...], bool]]:
+    """(kind, operand dtypes, full precision requested) of every product in StableHLO."""
+    found = []
+    for line in program.splitlines():
+        match = PRODUCT_OP.search(line)
+        if match:
+            signature = line.rsplit(" : ", 1)[-1]
+            operands = tuple(TENSOR_TYPE.findall(signature.split("->")[0]))
+            found.append((match.group(1), operands, "HIGHEST" in line))
+    return found
 
 
 @pytest.fixture(scope="module")

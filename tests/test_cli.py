@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import TINY, bin_command, cpu_env, ok, run
+from conftest import TINY, bin_command, cpu_env, ok, products, run
 
 
 def test_train_writes_every_artifact(trained):
@@ -156,6 +156,25 @@ def test_finetune_trains_the_encoder_and_its_checkpoint_predicts(tmp_path):
         atol=1e-4,
     )
     assert not list((tmp_path / "cache").glob("ssl"))  # nothing frozen was extracted
+
+    # In bfloat16 the encoder inside the model computes in bf16 too, close to float32.
+    done = ok(run("predict", f"--checkpoint={tmp_path / 'fold_00'}", f"--input={clip}",
+                  "--compute_dtype=bfloat16"))
+    low = next(csv.DictReader(done.stdout.splitlines()))
+    np.testing.assert_allclose(
+        [float(low[f"p_{n}"]) for n in labels], [float(got[f"p_{n}"]) for n in labels],
+        atol=0.01,
+    )
+    from msjax.predict import Predictor
+
+    predictor = Predictor(tmp_path / "fold_00", compute_dtype="bfloat16")
+    cfg = predictor.feature_cfg
+    batch = {"wav": np.zeros((8, cfg.segment_samples), np.float32),
+             "mfcc": np.zeros((8, cfg.segment_frames, cfg.n_mfcc), np.float32),
+             "spec": np.zeros((8, cfg.spec_bins, cfg.segment_frames), np.float32)}
+    found = products(predictor._log_probs.lower(predictor.variables, None, batch).as_text())
+    assert len(found) > 20
+    assert all(set(p[1]) == {"bf16"} for p in found if not p[2]), found
 
 
 def test_ablate_compares_variants_under_the_same_folds(tmp_path):

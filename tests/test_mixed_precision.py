@@ -5,13 +5,12 @@ every kind of product the real one does (encoder convolutions, dense layers and
 attention, Bi-LSTM, AlexNet, residual attention, the head's linears).
 """
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import products
 
 from msjax.encoders import load_encoder, normalize_waveform
 from msjax.models.emoboost import MSEmoBoost
@@ -54,22 +53,6 @@ def _batch(seed: int) -> dict[str, np.ndarray]:
         "label": rng.integers(0, CLASSES, B).astype(np.int32),
         "mask": np.ones(B, np.float32),
     }
-
-
-_PRODUCT = re.compile(r"stablehlo\.(dot_general|convolution)\b")
-_TENSOR = re.compile(r"tensor<(?:[0-9]+x)*(bf16|f32|f64|f16)>")
-
-
-def products(program: str) -> list[tuple[str, tuple[str, ...], bool]]:
-    """(kind, operand dtypes, full precision requested) of every product in StableHLO."""
-    found = []
-    for line in program.splitlines():
-        match = _PRODUCT.search(line)
-        if match:
-            signature = line.rsplit(" : ", 1)[-1]
-            operands = tuple(_TENSOR.findall(signature.split("->")[0]))
-            found.append((match.group(1), operands, "HIGHEST" in line))
-    return found
 
 
 def test_bfloat16_train_step_runs_its_products_in_bfloat16():

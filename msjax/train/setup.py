@@ -24,6 +24,7 @@ from msjax.data.folds import Fold
 from msjax.data.records import Dataset
 from msjax.encoders import Encoder
 from msjax.features import FeatureConfig
+from msjax.inference import COMPUTE_DTYPES
 from msjax.models.emoboost import MSEmoBoost, dummy_batch, replace_alexnet
 
 
@@ -63,7 +64,7 @@ def _jitted_init(model: MSEmoBoost) -> Callable:
 
 def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
     """float32, or bfloat16 for mixed precision."""
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[config.compute_dtype]
+    return COMPUTE_DTYPES[config.compute_dtype]
 
 
 def batch_kinds(config: ml_collections.ConfigDict) -> tuple[str, ...]:

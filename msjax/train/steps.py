@@ -64,11 +64,7 @@ def make_steps(
     """
     replicated = NamedSharding(mesh, PartitionSpec())
     sharded = NamedSharding(mesh, PartitionSpec("data"))
-    encoder = getattr(model, "encoder", None)
-    if encoder is not None and encoder.dtype != compute_dtype:
-        # The encoder computes in its module's dtype whatever its params are cast to:
-        # a float32 module would cast bf16 params back up in every dense layer.
-        model = model.clone(encoder=encoder.clone(dtype=compute_dtype))
+    model = inference.with_compute_dtype(model, compute_dtype)
 
     inputs = dict(image_size=image_size, normalize_wav=normalize_wav, compute_dtype=compute_dtype)
 
