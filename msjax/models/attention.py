@@ -25,6 +25,17 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from msjax.models.products import dot_general
+
+
+def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a @ b for a [..., K] and b [K] or [K, N], accumulating in float32 (`products`)."""
+    return dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())))
+
+
+def _einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.einsum(spec, a, b, _dot_general=dot_general)
+
 
 def _linear_params(
     module: nn.Module, in_features: int, features: int, zero_init: bool
@@ -59,7 +70,7 @@ class Linear(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Maps [..., in] to [..., features]."""
         kernel, bias = _linear_params(self, x.shape[-1], self.features, self.zero_init)
-        return x @ kernel + bias
+        return matmul(x, kernel) + bias
 
 
 class LinearWeights(nn.Module):
@@ -95,10 +106,10 @@ class ResidualSelfAttention(nn.Module):
         v = Linear(width, name="value")(x)
         scale = 1.0 / math.sqrt(width)
         if batch * tokens > width:  # one [d, d] product beats a second projection
-            a = (wq @ wk.T) * scale  # [d, d]
-            u = (wk @ bq) * scale  # [d]
-            scores = jnp.einsum("bnd,bmd->bnm", x @ a + u, x)  # [B, N, N]
+            a = matmul(wq, wk.T) * scale  # [d, d]
+            u = matmul(wk, bq) * scale  # [d]
+            scores = _einsum("bnd,bmd->bnm", matmul(x, a) + u, x)  # [B, N, N]
         else:
-            q, k = x @ wq + bq, x @ wk + bk
-            scores = jnp.einsum("bnd,bmd->bnm", q, k) * scale
-        return x + jnp.einsum("bnm,bmd->bnd", jax.nn.softmax(scores, axis=-1), v)
+            q, k = matmul(x, wq) + bq, matmul(x, wk) + bk
+            scores = _einsum("bnd,bmd->bnm", q, k) * scale
+        return x + _einsum("bnm,bmd->bnd", jax.nn.softmax(scores, axis=-1), v)
