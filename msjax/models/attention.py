@@ -29,7 +29,7 @@ from msjax.models.products import dot_general
 
 
 def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    """a @ b for a [..., K] and b [K] or [K, N], accumulating in float32 (`products`)."""
+    """a @ b for a [..., K] and b [K] or [K, N], accumulating in float32 (msjax.models.products)."""
     return dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())))
 
 
