@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,15 +54,25 @@ def _manager(directory: Path) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(directory.absolute(), options=options)
 
 
+# Directories whose save is under way or failed: a write that fails there with
+# nobody awaiting it belongs to a save whose own error the caller reports.
+_saving: set[str] = set()
+
+
 class _AbandonedWriteFilter(logging.Filter):
     """Drops asyncio's "<Task or future> exception was never retrieved" reports of
-    exceptions raised in orbax's code."""
+    writes that a save abandoned: exceptions raised in orbax's code, and those that
+    name a directory being saved (tensorstore completes its futures from its own
+    threads, so their exceptions carry no Python frames, only the path)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if "exception was never retrieved" not in record.getMessage() or not record.exc_info:
             return True
         frames = traceback.extract_tb(record.exc_info[2])
-        return not any("orbax" in Path(frame.filename).parts for frame in frames)
+        if any("orbax" in Path(frame.filename).parts for frame in frames):
+            return False
+        message = str(record.exc_info[1])
+        return not any(directory in message for directory in _saving)
 
 
 def _quiet_abandoned_writes() -> None:
@@ -170,6 +181,8 @@ def _save(directory: Path, step: int, args: ocp.args.Composite, tree: Any, what:
     manifest; cleans up after a failure."""
     step_dir = directory / str(step)
     main = distributed.is_main()
+    saving = str(directory.absolute()) + os.sep
+    _saving.add(saving)
     try:
         with writing(directory, what):
             _check_space(directory.absolute(), tree, what)
@@ -183,7 +196,11 @@ def _save(directory: Path, step: int, args: ocp.args.Composite, tree: Any, what:
                 hashes = {str(p.relative_to(step_dir)): _sha256(p) for p in _files(step_dir)}
                 report.write_json({"files": hashes}, step_dir / MANIFEST)
             distributed.barrier(f"saved {step_dir}")
+        _saving.discard(saving)
     except BaseException as err:
+        # The writes orbax had not started are coroutines it drops; Python would warn
+        # about each as it is collected, after the save's own error is reported.
+        warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
         if main:
             _remove_temporaries(directory)
         # tensorstore reports a failed write as ValueError("... [os_error_code='28']").

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import jax
@@ -512,6 +513,51 @@ def test_abandoned_orbax_writes_are_not_reported_but_other_failures_are(caplog, 
     assert len(reports) == 1, [r.getMessage() for r in reports]
     assert "exception was never retrieved" in reports[0].getMessage()
     assert "elsewhere/jobs.py" in "".join(traceback.format_exception(*reports[0].exc_info))
+
+
+def test_abandoned_tensorstore_writes_of_a_failed_save_are_not_reported(
+        caplog, tmp_path, monkeypatch):
+    """tensorstore fails the futures of abandoned writes from its own threads: their
+    exceptions have no Python traceback, only the path they were writing. Writes not
+    yet started are coroutines never awaited."""
+    def write_error(directory: Path) -> ValueError:
+        return ValueError(f'OUT_OF_RANGE: Error writing "w0/0.0" at local file '
+                          f'"{directory.absolute()}/3.orbax-checkpoint-tmp/d/0": '
+                          "File too large [os_error_code='27']")
+
+    loop = asyncio.new_event_loop()
+    abandoned = []
+
+    class FailingManager:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def save(self, step, args):
+            for directory in (tmp_path / "best", tmp_path / "elsewhere"):
+                future = loop.create_future()
+                future.set_exception(write_error(directory))
+                abandoned.append(future)
+            abandoned.append(asyncio.sleep(0))  # a coroutine, never awaited
+            raise write_error(tmp_path / "best")
+
+    monkeypatch.setattr(checkpoint, "_manager", lambda directory: FailingManager())
+    monkeypatch.setattr(checkpoint, "_SETTLE_S", 0.0)
+    checkpoint._quiet_abandoned_writes()
+    with caplog.at_level(logging.ERROR, logger="asyncio"), warnings.catch_warnings(
+            record=True) as warned:
+        warnings.simplefilter("always")
+        with pytest.raises(WriteError, match="cannot write the best checkpoint: File too large"):
+            checkpoint.save_best(tmp_path, 3, {"w": np.zeros(2)}, {})
+        loop.close()
+        abandoned.clear()
+        gc.collect()
+    assert not warned, [str(w.message) for w in warned]
+    reports = [r for r in caplog.records if r.name == "asyncio"]
+    assert len(reports) == 1, [r.getMessage() for r in reports]
+    assert str(tmp_path / "elsewhere") in str(reports[0].exc_info[1])
 
 
 @pytest.mark.slow  # two fold trainings, to show the rerun finishes
