@@ -182,7 +182,7 @@ def _port_into(torch_model: nn.Module, model: MSEmoBoost, params: dict) -> None:
                     value = np.zeros_like(value)
                 elif layout is not None:
                     value = value.transpose(layout)
-                named[torch_name].copy_(torch.from_numpy(np.ascontiguousarray(value)))
+                named[torch_name].copy_(torch.from_numpy(np.array(value)))  # writable copy
                 used.add(path + (leaf,))
     head = {p for p in flat if p[0] != "encoder"}
     assert used == head, sorted(map(str, head - used))

@@ -9,7 +9,6 @@ import gc
 import json
 import logging
 import os
-import resource
 import shutil
 import socket
 import subprocess
@@ -480,10 +479,6 @@ def test_failed_save_cleanup_outlasts_late_writes(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def _file_size_limit(limit: int):
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-
 def _unretrieved_failure(filename: str, gathered: bool) -> None:
     """A task (or a gather of it) that fails with nobody awaiting it, as the writes a
     failed orbax save abandons do, from a coroutine whose code reads as defined in
@@ -567,9 +562,9 @@ def test_failed_orbax_write_is_one_line_and_a_rerun_finishes(trained, tmp_path):
     workdir = tmp_path / "run"
     args = [f"--workdir={workdir}", *TINY, "--fold=0", f"--config.data_dir={trained / 'corpus'}",
             f"--config.cache_dir={trained / 'cache'}"]
-    done = subprocess.run(
-        [sys.executable, str(REPO / "bin" / "train"), *args], capture_output=True, text=True,
-        env=cpu_env(), preexec_fn=_file_size_limit(12 << 10),
+    done = subprocess.run(  # ulimit -f counts 1 KB blocks
+        ["bash", "-c", 'ulimit -f 12 && exec "$@"', "bash", sys.executable,
+         str(REPO / "bin" / "train"), *args], capture_output=True, text=True, env=cpu_env(),
     )
     one_error(done, 3, f"{workdir / 'fold_00' / 'best'}: cannot write the best checkpoint",
               "File too large")

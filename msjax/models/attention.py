@@ -25,16 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from msjax.models.products import dot_general
-
-
-def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
-    """a @ b for a [..., K] and b [K] or [K, N], accumulating in float32 (msjax.models.products)."""
-    return dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())))
-
-
-def _einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
-    return jnp.einsum(spec, a, b, _dot_general=dot_general)
+from msjax.models.products import einsum, matmul
 
 
 def _linear_params(
@@ -108,8 +99,8 @@ class ResidualSelfAttention(nn.Module):
         if batch * tokens > width:  # one [d, d] product beats a second projection
             a = matmul(wq, wk.T) * scale  # [d, d]
             u = matmul(wk, bq) * scale  # [d]
-            scores = _einsum("bnd,bmd->bnm", matmul(x, a) + u, x)  # [B, N, N]
+            scores = einsum("bnd,bmd->bnm", matmul(x, a) + u, x)  # [B, N, N]
         else:
             q, k = matmul(x, wq) + bq, matmul(x, wk) + bk
-            scores = _einsum("bnd,bmd->bnm", q, k) * scale
-        return x + _einsum("bnm,bmd->bnd", jax.nn.softmax(scores, axis=-1), v)
+            scores = einsum("bnd,bmd->bnm", q, k) * scale
+        return x + einsum("bnm,bmd->bnd", jax.nn.softmax(scores, axis=-1), v)

@@ -1,7 +1,8 @@
 """Products that accumulate in float32 whatever their operands' dtype.
 
 `dot_general` has `jax.lax.dot_general`'s signature, so it serves as nn.Dense's
-`dot_general` and jnp.einsum's `_dot_general`. For float32 operands it is
+`dot_general` and jnp.einsum's `_dot_general` (`matmul` and `einsum` wrap it for the
+head's layers). For float32 operands it is
 lax.dot_general itself; for bfloat16 (mixed precision) it accumulates in float32 and its
 gradient products take bfloat16 operands too.
 """
@@ -36,6 +37,16 @@ def dot_general(
         )
     out_dtype = jnp.dtype(preferred_element_type or dtype)
     return _low_dot(lhs, rhs, dimension_numbers, precision, out_dtype)
+
+
+def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a @ b for a [..., K] and b [K] or [K, N], through `dot_general`."""
+    return dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())))
+
+
+def einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
+    """jnp.einsum of two operands through `dot_general`."""
+    return jnp.einsum(spec, a, b, _dot_general=dot_general)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
