@@ -180,7 +180,7 @@ def test_optimised_xla_matches_pytorch_on_real_speech(saved, variant, emodb_dir)
     as training runs them (the other tests here compile with most of them off)."""
     clips = sorted((emodb_dir / "wav").glob("*.wav"))[:2]
     wav = np.stack([load_audio(c)[:16000] for c in clips])
-    wav = np.asarray(normalize_waveform(wav), np.float32)
+    wav = np.array(normalize_waveform(wav), np.float32)  # a writable copy, for torch
     model, path = saved[variant]
     previous = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", False)
