@@ -1,10 +1,9 @@
 """Products that accumulate in float32 whatever their operands' dtype.
 
 `dot_general` has `jax.lax.dot_general`'s signature, so it serves as nn.Dense's
-`dot_general` and jnp.einsum's `_dot_general` (`matmul` and `einsum` wrap it for the
-head's layers). For float32 operands it is
-lax.dot_general itself; for bfloat16 (mixed precision) it accumulates in float32 and its
-gradient products take bfloat16 operands too.
+`dot_general` and jnp.einsum's `_dot_general`; `matmul` and `einsum` wrap it for the
+head's layers. For float32 operands it is lax.dot_general itself; for bfloat16 (mixed
+precision) it accumulates in float32 and its gradient products take bfloat16 operands too.
 """
 
 from __future__ import annotations
