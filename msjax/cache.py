@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from msjax import npz
 from msjax.files import atomic_write
 
 log = logging.getLogger(__name__)
@@ -193,8 +194,7 @@ class FeatureCache:
     def _read(self, path: Path) -> dict[str, np.ndarray] | None:
         """Loads and verifies one entry; deletes it if it is damaged."""
         try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {name: npz[name] for name in npz.files}
+            arrays = npz.load(path)
         except FileNotFoundError:
             return None
         except Exception as e:  # noqa: BLE001 - any unreadable entry is recomputed

@@ -1,6 +1,8 @@
 """AlexNet features and adaptive pooling against torchvision; the weight porter."""
 
 import copy
+import os
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -102,22 +104,38 @@ def test_pth_round_trip_through_script(torch_alexnet, tmp_path):
     assert alexnet_params(out)["features_0"]["kernel"].shape == (11, 11, 3, 64)
 
 
+class _RunsCode:
+    """A .pth entry that runs `touch marker` when plain pickle loads it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 @pytest.mark.parametrize(
     "args,code,message",
     [
-        (["--pth={tmp}/bad.pth", "--out={tmp}/out.npz"], 3, "bad.pth: damaged .pth"),
+        (
+            ["--pth={tmp}/bad.pth", "--out={tmp}/out.npz"], 3,
+            "bad.pth: refused to unpickle posix.system (only tensors, storages and plain",
+        ),
         (["--pth={tmp}/absent.pth", "--out={tmp}/out.npz"], 3, "absent.pth: no such file"),
         (["--out={tmp}/out.npz"], 2, "--pth"),
         (["--pth={tmp}/bad.pth", "--out={tmp}/out.npz", "extra"], 2, "unexpected arguments"),
     ],
 )
 def test_port_script_errors_are_one_line(tmp_path, args, code, message):
-    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    """A downloaded .pth may come from anyone: one that would run code is refused too."""
+    marker = tmp_path / "marker"
+    evil = {"features.0.weight": _RunsCode(marker)}
+    (tmp_path / "bad.pth").write_bytes(pickle.dumps(evil, protocol=2))
     done = run("port_alexnet", *[a.format(tmp=tmp_path) for a in args])
     assert done.returncode == code, done.stderr[-2000:]
     assert done.stderr.startswith("error: ") and message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert not (tmp_path / "out.npz").exists()
+    assert not (tmp_path / "out.npz").exists() and not marker.exists()
 
 
 def test_port_pth_errors(tmp_path):

@@ -1,8 +1,9 @@
 """Loads Hugging Face wav2vec2 / HuBERT checkpoints into the Flax `SSLEncoder`.
 
 A checkpoint is a directory with config.json, model.safetensors (or a PyTorch
-pytorch_model.bin, read with torch when it is installed) and usually
-preprocessor_config.json, or a hub id already in the local Hugging Face cache.
+pytorch_model.bin, read with torch's weights_only loader when torch >= 2.6 is installed)
+and usually preprocessor_config.json, or a hub id already in the local Hugging Face cache.
+Sharded checkpoints name their shards in an index; a shard must lie beside it.
 
 Tensors are mapped by name, strictly: after dropping a "wav2vec2."/"hubert." prefix and
 the known pre-training/task heads, every encoder parameter must be present with the
@@ -29,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from msjax.convert import mismatch
+from msjax.convert.pth import tensor_budget
 from msjax.encoders import Encoder
 from msjax.errors import CheckpointError
 from msjax.models.ssl import SSLConfig, SSLEncoder
@@ -180,8 +182,7 @@ def _load_tensors(root: Path, name: str) -> tuple[dict[str, np.ndarray], Path]:
         if (root / single).exists():
             files = [root / single]
         elif (root / index).exists():
-            shards = _read_json(root / index).get("weight_map", {}).values()
-            files = [root / shard for shard in sorted(set(shards))]
+            files = [root / shard for shard in _shards(root / index)]
         else:
             continue
         tensors = {}
@@ -190,6 +191,20 @@ def _load_tensors(root: Path, name: str) -> tuple[dict[str, np.ndarray], Path]:
         return tensors, files[0]
     hint = _hint(name) if not Path(name).expanduser().is_dir() else "save the model there"
     raise CheckpointError(f"{root}: no model.safetensors or pytorch_model.bin; {hint}")
+
+
+def _shards(index: Path) -> list[str]:
+    """The shard files an index names: file names beside it, never a path elsewhere."""
+    weight_map = _read_json(index)
+    weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+    shards = set(weight_map.values()) if isinstance(weight_map, dict) else set()
+    if not shards or not all(
+        isinstance(s, str) and s == Path(s).name and s not in (".", "..") for s in shards
+    ):
+        raise CheckpointError(
+            f"{index}: its weight_map must map tensor names to shard files in its folder"
+        )
+    return sorted(shards)
 
 
 def _read_weights(path: Path) -> dict[str, np.ndarray]:
@@ -207,15 +222,31 @@ def _read_weights(path: Path) -> dict[str, np.ndarray]:
             f"{path}: reading PyTorch .bin weights needs torch; install it or convert the "
             "checkpoint to model.safetensors"
         ) from None
+    if torch.__version__ < "2.6":
+        raise CheckpointError(
+            f"{path}: torch {torch.__version__}'s weights_only loader lets a file run code "
+            "(CVE-2025-32434); upgrade torch to 2.6 or later, or convert the checkpoint to "
+            "model.safetensors"
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many unrelated types for bad files
         raise CheckpointError(f"{path}: unreadable PyTorch weights ({err})") from None
-    return {
-        k: (v.float() if v.is_floating_point() else v).numpy()
-        for k, v in state.items()
-        if isinstance(v, torch.Tensor)
-    }
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dict")
+    tensors = {k: v for k, v in state.items() if isinstance(k, str) and torch.is_tensor(v)}
+    # As float32 copies; tensors that share or expand a storage could take far more.
+    nbytes = 4 * sum(v.numel() for v in tensors.values())
+    if nbytes > tensor_budget(path.stat().st_size):
+        raise CheckpointError(
+            f"{path}: its tensors would take {nbytes} bytes, far more than the file holds"
+        )
+    try:
+        return {
+            k: (v.float() if v.is_floating_point() else v).numpy() for k, v in tensors.items()
+        }
+    except (TypeError, RuntimeError) as err:  # sparse, quantized, meta tensors
+        raise CheckpointError(f"{path}: a tensor NumPy cannot hold ({err})") from None
 
 
 def _canonical_name(key: str) -> str | None:

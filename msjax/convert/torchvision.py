@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from msjax import npz
 from msjax.convert import mismatch
 from msjax.convert.pth import read_pth
 from msjax.errors import CheckpointError
@@ -121,7 +122,8 @@ def load_alexnet_params(path: Path) -> dict:
 
     Raises:
         CheckpointError: the file is missing (the message says how to create it),
-            unreadable, or does not hold exactly the AlexNetFeatures parameters.
+            unreadable, or does not hold exactly the AlexNetFeatures parameters as
+            finite floats.
     """
     path = Path(path)
     if not path.is_file():
@@ -131,11 +133,13 @@ def load_alexnet_params(path: Path) -> dict:
             f"(the .pth is torchvision's ImageNet AlexNet, {ALEXNET_URL})"
         )
     try:
-        with np.load(path, allow_pickle=False) as data:
-            flat = {k: data[k] for k in data.files}
+        flat = npz.load(path)
     except Exception as e:  # zipfile/ValueError/OSError for damaged archives.
         raise CheckpointError(f"{path}: cannot read as an .npz params file ({e})") from e
     _check(flat, str(path))
+    bad = sorted(k for k, v in flat.items() if v.dtype.kind != "f" or not np.isfinite(v).all())
+    if bad:
+        raise CheckpointError(f"{path}: not finite floats: {', '.join(bad)}")
     return flax.traverse_util.unflatten_dict(
         {k: v.astype(np.float32) for k, v in flat.items()}, sep="/"
     )
