@@ -9,7 +9,10 @@ Layout under a fold directory:
 Saves are synchronous: orbax writes into a temporary directory and renames it,
 so a process killed mid-save leaves the previous checkpoint intact. Once the
 data is in place, `<epoch>/sha256.json` (written atomically) records a SHA-256 of
-every file; loading checks each file against it and refuses a damaged one.
+every file; loading checks each file against it and refuses a damaged one. The manifest
+detects damage, not tampering: for a checkpoint from someone else, loading also checks
+the metadata's fields and that its arrays are not far larger than their files (orbax
+fills missing chunks, so a small checkpoint could declare arrays of any size).
 In a multi-process run (msjax.distributed) every process saves and restores its
 part through orbax, and process 0 writes the manifest once all parts are in place.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -32,6 +36,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from msjax import distributed, report
@@ -40,7 +45,18 @@ from msjax.errors import CheckpointError, WriteError, writing
 log = logging.getLogger(__name__)
 
 MANIFEST = "sha256.json"
+# The metadata fields that predict reads, with their JSON types.
+_METADATA_FIELDS = {
+    "labels": list, "features": dict, "image_size": list, "model": dict, "ssl": dict,
+}
+_SSL_FIELDS = {
+    "name": str, "identity": str, "normalize": bool, "finetune": bool, "seed": int,
+    "config": dict,
+}
 _CHUNK = 1 << 20
+# A checkpoint's arrays may take this many times the bytes of their files, plus _SLACK:
+# orbax compresses them (trained weights hardly: 0.9) and fills chunks that are missing.
+_EXPANSION, _SLACK = 16, 64 << 20
 # How long a failed save's temporary directories must stay gone before its
 # cleanup ends (writes that tensorstore still had in flight may recreate them).
 _SETTLE_S = 1.0
@@ -300,15 +316,35 @@ def load_metadata(checkpoint: Path, allow_unverified: bool = False) -> tuple[Pat
     meta = _restore(step_dir, ocp.args.Composite(metadata=ocp.args.JsonRestore()))["metadata"]
     if not isinstance(meta, dict) or "labels" not in meta:
         raise CheckpointError(f"{step_dir}: its metadata is not an msjax checkpoint's")
+    wrong = _wrong_metadata(meta)
+    if wrong:
+        raise CheckpointError(f"{step_dir}: its metadata has wrong fields: {', '.join(wrong)}")
     return step_dir, dict(meta)
+
+
+def _wrong_metadata(meta: dict) -> list[str]:
+    """The metadata fields that predict reads and that have the wrong JSON type or value."""
+    wrong = [k for k, kind in _METADATA_FIELDS.items() if not isinstance(meta.get(k), kind)]
+    ssl = meta.get("ssl") if isinstance(meta.get("ssl"), dict) else {}
+    wrong += [f"ssl.{k}" for k, kind in _SSL_FIELDS.items() if not isinstance(ssl.get(k), kind)]
+    labels, size = meta.get("labels"), meta.get("image_size")
+    if isinstance(labels, list) and not (
+        labels and all(isinstance(x, str) for x in labels) and len(set(labels)) == len(labels)
+    ):
+        wrong.append("labels")
+    if isinstance(size, list) and not (len(size) == 2 and all(type(n) is int for n in size)):
+        wrong.append("image_size")
+    return wrong
 
 
 def restore_best(step_dir: Path, abstract_variables: Any) -> Any:
     """Restores the variables of a verified best/<epoch> (from load_metadata).
 
     Raises:
-      CheckpointError: unreadable, or holding non-finite parameters.
+      CheckpointError: unreadable, holding arrays far larger than its files, or
+        non-finite parameters.
     """
+    _check_sizes(step_dir / "variables")
     variables = _restore(
         step_dir,
         ocp.args.Composite(variables=ocp.args.StandardRestore(abstract_variables)),
@@ -316,6 +352,28 @@ def restore_best(step_dir: Path, abstract_variables: Any) -> Any:
     if not all_finite(variables):
         raise CheckpointError(f"{step_dir}: holds non-finite (NaN or Inf) parameters")
     return variables
+
+
+def _check_sizes(directory: Path) -> None:
+    """Refuses arrays whose bytes would be far more than the files holding them, before
+    any is allocated."""
+    try:
+        tree = ocp.StandardCheckpointHandler().metadata(directory.absolute()).tree
+    except Exception as err:  # noqa: BLE001 - orbax raises many types for damaged files
+        reason = " ".join(str(err).split())[:200]
+        raise CheckpointError(
+            f"{directory}: unreadable array metadata ({type(err).__name__}: {reason})"
+        ) from None
+    declared = sum(
+        math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+        for leaf in jax.tree.leaves(tree) if hasattr(leaf, "shape")
+    )
+    stored = sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+    if declared > _EXPANSION * stored + _SLACK:
+        raise CheckpointError(
+            f"{directory}: declares {declared} bytes of arrays in {stored} bytes of files; "
+            "not restored"
+        )
 
 
 def all_finite(tree: Any) -> bool:

@@ -78,7 +78,12 @@ class Predictor:
         best_dir, meta = checkpoint.load_metadata(Path(checkpoint_dir), allow_unverified)
         self.meta = meta
         self.labels: list[str] = meta["labels"]
-        self.feature_cfg = FeatureConfig(**meta["features"])
+        try:
+            self.feature_cfg = FeatureConfig(**meta["features"])
+        except (TypeError, UsageError) as err:  # a field it lacks, or a bad value
+            raise CheckpointError(
+                f"{best_dir}: its feature config is not msjax's ({err})"
+            ) from None
         self.batch_size = batch_size
         # Whole segments per window, so that no segment straddles two windows.
         segments = max(1, round(window_seconds / self.feature_cfg.segment_seconds))

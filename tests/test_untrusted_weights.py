@@ -16,13 +16,21 @@ import sys
 import zipfile
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import safetensors.numpy
 import torch
+import transformers
 from conftest import REPO
 
+from msjax import checkpoint
+from msjax.cache import FeatureCache
+from msjax.convert.hf import load_ssl
 from msjax.convert.pth import read_pth
+from msjax.convert.torchvision import expected_shapes, load_alexnet_params
 from msjax.errors import CheckpointError
+from msjax.predict import Predictor
 
 ZIP, LEGACY = True, False
 FORMATS = pytest.mark.parametrize("zip_format", [ZIP, LEGACY], ids=["zip", "legacy"])
@@ -424,6 +432,7 @@ CHILD = r"""
 import json, signal, sys
 from msjax.convert.pth import read_pth
 from msjax.errors import CheckpointError
+from msjax.predict import Predictor
 for i, path in enumerate(json.load(open(sys.argv[1]))):
     print("start", i, flush=True)
     signal.alarm(5)
@@ -515,3 +524,146 @@ def test_random_byte_changes_end_in_a_read_or_one_error(tmp_path):
     for family in ("legacy", "zip", "data.pkl"):  # neither outcome is vacuous
         assert counts.get((family, "error"), 0) > MUTATIONS // 10, counts
         assert counts.get((family, "ok"), 0) > 0, counts
+
+
+# --- the other readers of files from others ------------------------------------------
+
+
+def npz_member(path: Path, name: str, header: dict, data: bytes = b"") -> Path:
+    """An .npz archive of one member `name`.npy with `header` and `data`."""
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, header)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{name}.npy", member.getvalue() + data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "header, match",
+    [
+        ({"descr": "<f4", "fortran_order": False, "shape": (10**11,)}, "declares shape"),
+        ({"descr": "<f4", "fortran_order": False, "shape": (-5,)}, "declares shape"),
+        ({"descr": "|O", "fortran_order": False, "shape": (1,)}, "holds Python objects"),
+    ],
+    ids=["huge", "negative", "objects"],
+)
+def test_alexnet_params_headers_are_checked_before_allocating(tmp_path, header, match):
+    path = npz_member(tmp_path / "alexnet.npz", "features_0/kernel", header, b"\0" * 16)
+    with pytest.raises(CheckpointError, match=f"alexnet.npz: cannot read .*{match}"):
+        load_alexnet_params(path)
+
+
+def test_alexnet_params_must_be_finite_floats_stored_plainly(tmp_path):
+    flat = {k: np.zeros(shape, np.float32) for k, shape in expected_shapes().items()}
+    path = tmp_path / "alexnet.npz"
+    np.savez_compressed(path, **flat)
+    with pytest.raises(CheckpointError, match="is not an uncompressed .npy member"):
+        load_alexnet_params(path)
+    flat["features_0/bias"] = np.full(64, np.nan, np.float32)
+    flat["features_3/bias"] = np.zeros(192, np.int32)
+    np.savez(path, **flat)
+    with pytest.raises(CheckpointError, match="not finite floats: features_0/bias, features_3/b"):
+        load_alexnet_params(path)
+
+
+def test_a_cache_entry_cannot_make_the_reader_allocate(tmp_path, caplog):
+    cache = FeatureCache(tmp_path)
+    key = FeatureCache.key("0" * 64, "features")
+    cache.put("acoustic", key, {"mfcc": np.zeros((2, 3), np.float32)})
+    header = {"descr": "<f4", "fortran_order": False, "shape": (10**12,)}
+    npz_member(cache.path("acoustic", key), "mfcc", header)
+    assert cache.get("acoustic", key) is None and cache.stats.corrupt == 1
+    assert not cache.path("acoustic", key).exists() and "declares shape" in caplog.text
+
+
+@pytest.fixture
+def ssl_dir(tmp_path):
+    """A checkpoint directory with a tiny wav2vec2 config and no weights yet."""
+    transformers.Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=37,
+        conv_dim=(8,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+    ).save_pretrained(tmp_path)
+    transformers.Wav2Vec2FeatureExtractor().save_pretrained(tmp_path)
+    return tmp_path
+
+
+def test_safetensors_offsets_are_checked_by_the_library(ssl_dir):
+    """The safetensors library refuses offsets outside the file, overlapping or overflowing;
+    msjax relies on it and reports its error in one line."""
+    safetensors.numpy.save_file({"w": ARANGE}, str(ssl_dir / "model.safetensors"))
+    data = (ssl_dir / "model.safetensors").read_bytes()
+    length = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + length])
+    for offsets in ([0, 2**40], [8, 4], [0, 2**64 - 1], [4, 28]):
+        header["w"]["data_offsets"] = offsets
+        text = json.dumps(header).encode()
+        (ssl_dir / "model.safetensors").write_bytes(
+            struct.pack("<Q", len(text)) + text + data[8 + length :]
+        )
+        with pytest.raises(CheckpointError, match="model.safetensors: unreadable safetensors"):
+            load_ssl(ssl_dir)
+
+
+@pytest.mark.parametrize(
+    "index", [{"weight_map": {"w": "../model.safetensors"}}, {"weight_map": {"w": "/etc/x"}},
+              {"weight_map": {}}, {"weight_map": ["a"]}, ["model.safetensors"]],
+    ids=["parent", "absolute", "empty", "a list", "no object"],
+)
+def test_shard_indexes_name_files_beside_them(ssl_dir, index):
+    (ssl_dir / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="weight_map must map tensor names to shard files"):
+        load_ssl(ssl_dir)
+
+
+def test_bin_weights_go_through_a_safe_torch_loader_only(ssl_dir, monkeypatch):
+    marker = ssl_dir / "marker"
+    path = ssl_dir / "pytorch_model.bin"
+    torch.save({"w": Reducer(marker)}, path)
+    with pytest.raises(CheckpointError, match="pytorch_model.bin: unreadable PyTorch weights"):
+        load_ssl(ssl_dir)
+    assert not marker.exists()
+    torch.save({"w": torch.zeros(1).expand(10**6, 100)}, path)  # one element, expanded
+    with pytest.raises(CheckpointError, match="take 400000000 bytes, far more than the file"):
+        load_ssl(ssl_dir)
+    torch.save([torch.zeros(2)], path)
+    with pytest.raises(CheckpointError, match="holds a list, not a state dict"):
+        load_ssl(ssl_dir)
+    monkeypatch.setattr(torch, "__version__", torch.torch_version.TorchVersion("2.5.1"))
+    with pytest.raises(CheckpointError, match=r"torch 2.5.1's weights_only loader lets a file"):
+        load_ssl(ssl_dir)
+
+
+def test_a_checkpoint_cannot_declare_arrays_far_larger_than_its_files(tmp_path):
+    """orbax compresses constant chunks and fills missing ones: 128 MiB of zeros take a
+    few kB of files, and a checkpoint could declare terabytes the same way."""
+    checkpoint.save_best(tmp_path, 1, {"params": {"w": jnp.zeros(32 << 20)}}, {"labels": []})
+    with pytest.raises(CheckpointError, match=r"variables: declares 134217728 bytes of arrays"):
+        checkpoint.restore_best(tmp_path / "best" / "1", None)
+    weights = jnp.asarray(np.random.default_rng(0).standard_normal(1000), jnp.float32)
+    checkpoint.save_best(tmp_path, 2, {"params": {"w": weights}}, {"labels": []})
+    restored = checkpoint.restore_best(tmp_path / "best" / "2", None)
+    np.testing.assert_array_equal(restored["params"]["w"], weights)
+
+
+SSL_META = dict(name="x", identity="y", normalize=True, finetune=False, seed=0, config={})
+META = dict(labels=["a", "b"], features={}, image_size=[2, 2], model={}, ssl=SSL_META)
+
+
+@pytest.mark.parametrize(
+    "change, wrong",
+    [
+        (dict(labels="ab", image_size=[2]), "labels, image_size"),
+        (dict(labels=["a", "a"], model=[]), "model, labels"),
+        (dict(labels=[1], ssl=dict(SSL_META, seed="0", config=None)), "ssl.seed, ssl.config, lab"),
+        (dict(features={"bogus": 1}), None),
+    ],
+    ids=["types", "values", "ssl fields", "feature config"],
+)
+def test_checkpoint_metadata_is_checked_before_use(tmp_path, change, wrong):
+    checkpoint.save_best(tmp_path, 1, {"params": {"w": jnp.ones(3)}}, dict(META, **change))
+    if wrong is None:
+        match = "its feature config is not msjax's .*bogus"
+    else:
+        match = f"best/1: its metadata has wrong fields: {wrong}"
+    with pytest.raises(CheckpointError, match=match):
+        Predictor(tmp_path)
