@@ -26,8 +26,9 @@ def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Every array of an `np.savez` archive, by name.
 
     Raises:
-        ValueError: a member that is not an uncompressed .npy of format 1.0 or 2.0,
-            holds Python objects, or whose header's shape differs from its bytes.
+        ValueError: a member that is not an uncompressed .npy of format 1.0 or 2.0, claims
+            more bytes than the file holds, holds Python objects, or whose header's shape
+            differs from its bytes.
         OSError, zipfile.BadZipFile: the archive cannot be read.
     """
     size = Path(path).stat().st_size
@@ -35,13 +36,12 @@ def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
             name = info.filename.removesuffix(".npy")
-            if (
-                name == info.filename or info.flag_bits & 0x1
-                or info.compress_type != zipfile.ZIP_STORED
-                or info.compress_size != info.file_size
-                or info.header_offset + info.file_size > size
-            ):
-                raise ValueError(f"{info.filename!r} is not an uncompressed .npy member")
+            if name == info.filename or info.flag_bits & 0x1:
+                raise ValueError(f"{info.filename!r} is not an .npy member")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"{name!r} is compressed (msjax reads what np.savez writes)")
+            if info.compress_size != info.file_size or info.header_offset + info.file_size > size:
+                raise ValueError(f"{name!r} claims more bytes than the file holds")
             with archive.open(info) as f:
                 version = np.lib.format.read_magic(f)
                 if version not in _HEADERS:

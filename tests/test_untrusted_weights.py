@@ -427,19 +427,18 @@ def test_a_zip_file_cut_at_any_section_boundary(real, tmp_path):
 # --- in a child process: crashes and hangs ---------------------------------------------
 
 # Reads each file named in argv[1] (a JSON list) and prints "start i" before and
-# "done i <outcome>" after: "ok", "error" (one CheckpointError line naming the file) or
-# "other <type>". A read past 5 s is ended by SIGALRM, a hang the parent sees as such.
+# "done i <outcome>" after: "ok <digest of what was read>", "error" (one CheckpointError
+# line naming the file) or "other <type>". A read past 5 s is ended by SIGALRM, a hang
+# the parent sees as such.
 CHILD = r"""
-import json, signal, sys
+import hashlib, json, pickle, signal, sys
 from msjax.convert.pth import read_pth
 from msjax.errors import CheckpointError
-from msjax.predict import Predictor
 for i, path in enumerate(json.load(open(sys.argv[1]))):
     print("start", i, flush=True)
     signal.alarm(5)
     try:
-        read_pth(path)
-        outcome = "ok"
+        outcome = "ok " + hashlib.sha256(pickle.dumps(read_pth(path))).hexdigest()
     except CheckpointError as err:
         text = str(err)
         outcome = "error" if text.startswith(path + ": ") and "\n" not in text else "bad-message"
@@ -451,8 +450,9 @@ for i, path in enumerate(json.load(open(sys.argv[1]))):
 
 
 def read_in_children(paths: list[Path], tmp_path: Path) -> list[str]:
-    """Each path's outcome, read in child processes; a child that dies is restarted after
-    the file it died on, whose outcome is then "signal <n>" (SIGALRM for a hang)."""
+    """Each path's outcome, read in child processes (see CHILD); a child that dies is
+    restarted after the file it died on, whose outcome is then "signal <n>" (SIGALRM for
+    a hang)."""
     outcomes: list[str] = []
     while len(outcomes) < len(paths):
         todo = tmp_path / "todo.json"
@@ -477,7 +477,7 @@ def test_tuples_nested_too_deep_are_refused_before_hashing(real, tmp_path):
     refuses(path, "refused tuples nested more than 100 deep")
 
 
-MUTATIONS, SEED = 600, 29  # per family below
+MUTATIONS, SEED = 1000, 29  # per family below
 
 
 def mutants(source: bytes, rng: random.Random) -> bytes:
@@ -489,7 +489,7 @@ def mutants(source: bytes, rng: random.Random) -> bytes:
 
 
 def test_random_byte_changes_end_in_a_read_or_one_error(tmp_path):
-    """600 mutations (seed 29) of each: a legacy torch.save file, a zip one (whose CRCs
+    """1000 mutations (seed 29) of each: a legacy torch.save file, a zip one (whose CRCs
     catch most changes), and the zip with its data.pkl changed and the CRCs recomputed
     (so that the pickle checks see them). Every outcome is a read or one CheckpointError
     line: never a signal, a hang past 5 s or another exception."""
@@ -515,15 +515,22 @@ def test_random_byte_changes_end_in_a_read_or_one_error(tmp_path):
                 path.write_bytes(mutants(sources[family == "zip"], rng))
             paths.append(path)
             families.append(family)
-    outcomes = read_in_children(paths, tmp_path)
+    outcomes = read_in_children([tmp_path / "source-True.pth", *paths], tmp_path)
+    original, outcomes = outcomes[0], outcomes[1:]
     counts = {}
     for family, outcome in zip(families, outcomes):
-        counts[family, outcome] = counts.get((family, outcome), 0) + 1
+        counts[family, outcome[:2]] = counts.get((family, outcome[:2]), 0) + 1
     print(counts)
-    wrong = [(p.name, o) for p, o in zip(paths, outcomes) if o not in ("ok", "error")]
+    wrong = [(p.name, o) for p, o in zip(paths, outcomes) if o != "error" and o[:3] != "ok "]
     assert not wrong, wrong[:10]
+    # The CRCs cover every byte the zip reader reads: what it reads is what was saved.
+    changed = [
+        p.name for p, f, o in zip(paths, families, outcomes) if f == "zip" and o[:2] == "ok"
+        and o != original
+    ]
+    assert original.startswith("ok ") and not changed, changed[:10]
     for family in ("legacy", "zip", "data.pkl"):  # neither outcome is vacuous
-        assert counts.get((family, "error"), 0) > MUTATIONS // 10, counts
+        assert counts.get((family, "er"), 0) > MUTATIONS // 10, counts
         assert counts.get((family, "ok"), 0) > 0, counts
 
 
@@ -558,12 +565,23 @@ def test_alexnet_params_must_be_finite_floats_stored_plainly(tmp_path):
     flat = {k: np.zeros(shape, np.float32) for k, shape in expected_shapes().items()}
     path = tmp_path / "alexnet.npz"
     np.savez_compressed(path, **flat)
-    with pytest.raises(CheckpointError, match="is not an uncompressed .npy member"):
+    with pytest.raises(CheckpointError, match="'features_0/bias' is compressed"):
         load_alexnet_params(path)
     flat["features_0/bias"] = np.full(64, np.nan, np.float32)
     flat["features_3/bias"] = np.zeros(192, np.int32)
     np.savez(path, **flat)
     with pytest.raises(CheckpointError, match="not finite floats: features_0/bias, features_3/b"):
+        load_alexnet_params(path)
+
+
+def test_npz_members_must_lie_in_the_file(tmp_path):
+    path = npz_member(tmp_path / "a.npz", "a", {"descr": "<f4", "fortran_order": False,
+                                                "shape": (4,)}, ARANGE[:4].tobytes())
+    data = bytearray(path.read_bytes())
+    entry = data.index(b"PK\x01\x02")  # the central directory entry: sizes at +20
+    data[entry + 20 : entry + 28] = struct.pack("<II", 2**31 - 1, 2**31 - 1)
+    path.write_bytes(data)
+    with pytest.raises(CheckpointError, match="'a' claims more bytes than the file holds"):
         load_alexnet_params(path)
 
 
