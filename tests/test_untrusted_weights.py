@@ -227,11 +227,15 @@ def test_memo_indices_must_come_in_order(real, tmp_path):
         (state(("w", glob("torch", "FloatStorage"))), "refused an object of type _StorageType"),
         (state(("w", pid() + b"Q")), "refused an object of type _Storage"),
         (
+            state(("w", glob("_codecs", "encode") + frag(("x\x9c", "zlib_codec")) + b"R")),
+            "refused a codec other than latin-1",
+        ),
+        (
             state(("w", glob("collections", "OrderedDict") + b")R" + frag({"items": 1}) + b"b")),
             "refused an OrderedDict with attributes besides _metadata",
         ),
     ],
-    ids=["storage class", "raw storage", "OrderedDict attribute"],
+    ids=["storage class", "raw storage", "codec", "OrderedDict attribute"],
 )
 def test_only_plain_data_comes_back(real, tmp_path, zip_format, obj, match):
     if not zip_format:

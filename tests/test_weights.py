@@ -62,7 +62,7 @@ def test_reader_gives_exactly_torch_load_tensors(tmp_path, zip_format):
         scalar=torch.tensor(3.5),
         empty=torch.zeros(0, 3),
         param=torch.nn.Parameter(torch.randn(2, 2)),
-        nested={"list": [torch.ones(2), 3, "x", (1.5, None)]},
+        nested={"list": [torch.ones(2), 3, "x", (1.5, None), b"\x00\xffbytes"]},
     )
     path = tmp_path / "state.pth"
     torch.save(state, path, _use_new_zipfile_serialization=zip_format)

@@ -14,13 +14,13 @@ Nothing in the file can run code or make the reader touch memory it did not allo
   (hashing one recurses in C), and nothing may change a global or a storage.
 - Then a restricted unpickler builds it: the header pickles may hold only ints, strings,
   bools and containers of them; the object pickle only the tensor rebuild functions, the
-  typed storage classes and `collections.OrderedDict`. Any other global is refused before
-  it could run.
+  typed storage classes, `collections.OrderedDict` and latin-1 `_codecs.encode` (bytes).
+  Any other global is refused before it could run.
 - Persistent ids must be well-formed storage records; each storage's bytes must be present
   in the file (and at most MAX_BYTES) before they are read; each tensor's offset, sizes
   and strides (non-negative Python ints, so nothing overflows) must stay inside its
   storage before a view is made, and the tensors together may hold at most
-  _EXPANSION times the file's size (shared and expanded storages).
+  `tensor_budget` bytes (a multiple of the file's size: shared and expanded storages).
 - The object that comes back holds only dicts, lists, tuples, strings, numbers, bytes,
   None and NumPy arrays.
 A file that breaks any rule is a one-line CheckpointError naming it and the rule.
@@ -64,8 +64,8 @@ STORAGE_DTYPES: dict[str, np.dtype] = {
 MAX_BYTES = 1 << 35
 # Tensors may hold this many times the file's size: several may view one storage.
 _EXPANSION = 16
-_MAX_DEPTH = 100
-_MAX_NDIM = 64
+_MAX_DEPTH = 100  # tuples in tuples; a state dict nests a few
+_MAX_NDIM = 64  # NumPy's limit
 # `torch.save`'s legacy stream starts with this pickled number, then this format version.
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_VERSION = 1001
@@ -108,7 +108,8 @@ _REF = -1
 
 
 class _Stack:
-    """The unpickler's stack as `_scan` follows it: items above the innermost mark only."""
+    """The unpickler's stack as `_scan` follows it: per object its tuple depth or _REF,
+    and the marks; as in the unpickler, an opcode pops only objects above the last mark."""
 
     def __init__(self):
         self.items: list[int] = []
@@ -297,6 +298,7 @@ class _Unpickler(pickle.Unpickler):
             ("torch._utils", "_rebuild_tensor"): self._tensor,  # torch < 0.4
             ("torch._utils", "_rebuild_tensor_v2"): self._tensor,
             ("torch._utils", "_rebuild_parameter"): self._parameter,
+            ("_codecs", "encode"): _latin1,  # bytes, in pickle protocols 1 and 2
         } | _STORAGE_TYPES
 
     def load(self) -> Any:
@@ -390,6 +392,14 @@ class _Unpickler(pickle.Unpickler):
         if type(data) is not np.ndarray or len(rest) > 2:
             raise _damaged("a parameter that is not a tensor")
         return data
+
+
+def _latin1(text: Any, encoding: Any) -> bytes:
+    """`_codecs.encode` as pickle protocols 1 and 2 write bytes: only from latin-1 (other
+    codecs decompress, and more)."""
+    if type(text) is not str or encoding not in ("latin1", "latin-1"):
+        raise _refused("a codec other than latin-1")
+    return text.encode("latin-1")
 
 
 def _check_plain(value: Any, leaves: tuple[type, ...]) -> None:
