@@ -169,7 +169,7 @@ def verify(step_dir: Path, *, required: bool = True) -> None:
         files = json.loads(path.read_text())["files"]
         if not isinstance(files, dict) or not files:
             raise ValueError("no files listed")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
+    except (ValueError, KeyError, TypeError, RecursionError) as err:  # nested too deep
         raise CheckpointError(f"{path}: unreadable checkpoint manifest ({err})") from None
     for name, digest in files.items():
         file = step_dir / name

@@ -29,7 +29,8 @@ from msjax.cache import FeatureCache
 from msjax.convert.hf import load_ssl
 from msjax.convert.pth import read_pth
 from msjax.convert.torchvision import expected_shapes, load_alexnet_params
-from msjax.errors import CheckpointError
+from msjax.data import manifest
+from msjax.errors import CheckpointError, DataError
 from msjax.predict import Predictor
 
 ZIP, LEGACY = True, False
@@ -690,3 +691,17 @@ def test_checkpoint_metadata_is_checked_before_use(tmp_path, change, wrong):
         match = f"best/1: its metadata has wrong fields: {wrong}"
     with pytest.raises(CheckpointError, match=match):
         Predictor(tmp_path)
+
+
+def test_json_nested_too_deep_is_one_error(tmp_path, ssl_dir):
+    """The json module recurses per level and raises RecursionError, not ValueError."""
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "list.jsonl").write_text(deep + "\n")
+    with pytest.raises(DataError, match="list.jsonl:1: not a JSON object"):
+        manifest.read_rows(tmp_path / "list.jsonl")
+    (ssl_dir / "config.json").write_text(deep)
+    with pytest.raises(CheckpointError, match="config.json: unreadable JSON"):
+        load_ssl(ssl_dir)
+    (tmp_path / checkpoint.MANIFEST).write_text(deep)
+    with pytest.raises(CheckpointError, match="sha256.json: unreadable checkpoint manifest"):
+        checkpoint.verify(tmp_path)

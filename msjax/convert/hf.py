@@ -150,7 +150,7 @@ def _read_json(path: Path) -> dict[str, Any]:
             return json.load(f)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: nested too deep
         raise CheckpointError(f"{path}: unreadable JSON ({err})") from None
 
 

@@ -114,7 +114,7 @@ def _jsonl_rows(path: Path, lines: Iterable[str]) -> tuple[list[tuple[int, Row]]
             continue
         try:
             record = json.loads(line)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # RecursionError: nested too deep
             raise DataError(f"{path}:{number}: not a JSON object ({err})") from None
         if not isinstance(record, dict):
             raise DataError(f"{path}:{number}: not a JSON object")
