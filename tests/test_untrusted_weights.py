@@ -1,7 +1,9 @@
-"""Weight files from others. The torch-free .pth reader against files built here to attack
-it (code that must not run, strides, offsets and sizes that would read outside a storage
-or allocate far more than the file holds, files cut short), and against random byte
-changes of real torch.save files, each read in a child process."""
+"""Files from others. The torch-free .pth reader against files built here to attack it
+(code that must not run, strides, offsets and sizes that would read outside a storage or
+allocate far more than the file holds, files cut short) and against random byte changes
+of real torch.save files, each read in a child process; then the other readers (.npz
+params and cache entries, --ssl directories, checkpoints for predict, JSON) against
+hostile files of their own."""
 
 import copyreg
 import io
