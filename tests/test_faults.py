@@ -9,6 +9,7 @@ import gc
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -115,8 +116,19 @@ def _config(**changes) -> ml_collections.ConfigDict:
     ],
 )
 def test_check_config_names_the_field(field, value):
-    with pytest.raises(UsageError, match=field.split("__")[-1]):
+    with pytest.raises(UsageError, match=_flag_pattern(field)):
         check_config(_config(**{field: value}))
+
+
+def _flag_pattern(field: str) -> str:
+    """The start of the message naming `field` (a `_config` name) as the flag a user
+    types: `--fold=`, `--config.<dotted field>=`, or for a feature field the features
+    group followed by the field as a whole word."""
+    if field == "fold":
+        return "^--fold="
+    if field.startswith("features__"):
+        return rf"^--config\.features: .*\b{field.split('__')[-1]}\b"
+    return "^" + re.escape(f"--config.{field.replace('__', '.')}=")
 
 
 def test_check_config_accepts_the_shipped_configs():
