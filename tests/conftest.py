@@ -48,10 +48,35 @@ def products(program: str) -> list[tuple[str, tuple[str, ...], bool]]:
     for line in program.splitlines():
         match = PRODUCT_OP.search(line)
         if match:
-            signature = line.rsplit(" : ", 1)[-1]
-            operands = tuple(TENSOR_TYPE.findall(signature.split("->")[0]))
-            found.append((match.group(1), operands, "HIGHEST" in line))
+            found.append((match.group(1), _operand_dtypes(line), "HIGHEST" in line))
     return found
+
+
+FUNCTION = re.compile(r"func\.func (?:public |private )?@([\w.$-]+)\(")
+LOCATION = re.compile(r'loc\((#loc\d+|"[^"]*")')
+LOCATION_ALIAS = re.compile(r'^(#loc\d+) = loc\("([^"]*)"')
+
+
+def product_sites(program: str) -> list[tuple[tuple[str, ...], str]]:
+    """(operand dtypes, site) of every product in StableHLO printed with its locations
+    (`.as_text(debug_info=True)`). The site is the function holding the product and the
+    name of the operation that made it, e.g. "main: jit(train_step)/jvp(MSEmoBoost)/
+    .../conv_layers/0/btk,btl->bkl/dot_general"."""
+    aliases = dict(m.groups() for m in map(LOCATION_ALIAS.match, program.splitlines()) if m)
+    found, function = [], "?"
+    for line in program.splitlines():
+        if match := FUNCTION.search(line):
+            function = match.group(1)
+        elif PRODUCT_OP.search(line):
+            where = LOCATION.findall(line)
+            name = aliases.get(where[-1], where[-1].strip('"')) if where else "?"
+            found.append((_operand_dtypes(line), f"{function}: {name}"))
+    return found
+
+
+def _operand_dtypes(line: str) -> tuple[str, ...]:
+    signature = line.rsplit(" : ", 1)[-1]
+    return tuple(TENSOR_TYPE.findall(signature.split("->")[0]))
 
 
 @pytest.fixture(scope="module")

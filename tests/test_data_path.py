@@ -70,7 +70,7 @@ def test_every_row_belongs_to_one_utterance_segment(corpus, tmp_path, cache):
         FeatureCache(tmp_path / "cache", enabled=cache), CFG, _ToneEncoder(), workers=1
     )
     entries = list(store.prepare(dataset).values())
-    seen = []
+    seen, padded = [], 0
     for epoch in range(2):  # different shuffles, the same rows
         batches = iterate_batches(
             store, entries, 4, ["acoustic", "ssl", "wav"], rng=np.random.default_rng(epoch)
@@ -89,7 +89,11 @@ def test_every_row_belongs_to_one_utterance_segment(corpus, tmp_path, cache):
                 np.testing.assert_allclose(batch["spec"][row], feats.spec[k], atol=1e-3)
                 assert batch["label"][row] == label
                 seen.append((epoch, uid, k))
-            assert not batch["mfcc"][len(uids):].any()  # padding rows are empty
+            assert set(batch) == {"mfcc", "spec", "ssl", "wav", "label", "mask"}
+            for name, values in batch.items():
+                assert not values[len(uids):].any(), name  # padding rows are empty
+            padded += len(batch["mask"]) - len(uids)
+    assert padded > 0  # each epoch's tail batch is padded: the check above ran
     want = sorted((e, uid, k) for e in range(2) for uid, (_, _, f) in truth.items()
                   for k in range(len(f.mfcc)))
     assert sorted(seen) == want  # every segment once per epoch

@@ -5,13 +5,11 @@ import json
 import os
 import shutil
 import subprocess
-import threading
+import sys
 from pathlib import Path
 
 import pytest
-from conftest import TINY, bin_command, cpu_env, ok, run
-
-from msjax.files import write_once
+from conftest import REPO, TINY, bin_command, cpu_env, ok, run
 
 _REPORTS = ("results.json", "confusion.csv", "confusion.png")
 
@@ -25,24 +23,54 @@ def _without_seconds(results: dict) -> dict:
     return {k: v for k, v in results.items() if k != "seconds"}
 
 
-def test_write_once_has_one_winner(tmp_path):
-    path = tmp_path / "config.json"
-    got = {}
+# One writer of `write_once` in a process of its own. Writers start together, and the
+# step that puts a writer's file in place (a link, rename or replace) waits until every
+# writer has reached it: a check-then-write race gets the widest window it can have.
+_WRITER = r"""
+import os, sys, time
+from pathlib import Path
+from msjax.files import write_once
 
-    def write(k):
-        got[k] = write_once(path, f"writer {k}\n".encode() * 1000, "the test file")
+path, gate, k, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 
-    writers = [threading.Thread(target=write, args=(k,)) for k in range(8)]
-    for w in writers:
-        w.start()
-    for w in writers:
-        w.join()
-    winners = [k for k, existing in got.items() if existing is None]
-    assert len(winners) == 1
-    content = path.read_bytes()
-    assert content == f"writer {winners[0]}\n".encode() * 1000
-    assert all(existing == content for existing in got.values() if existing is not None)
-    assert os.listdir(tmp_path) == ["config.json"]  # no temporary file left
+def wait_for_all(step):
+    (gate / f"{step}.{k}").touch()
+    deadline = time.monotonic() + 20
+    while len(list(gate.glob(f"{step}.*"))) < n and time.monotonic() < deadline:
+        time.sleep(0.002)
+
+def gated(place):
+    def call(*args, **kwargs):
+        wait_for_all("place")
+        return place(*args, **kwargs)
+    return call
+
+for name in ("link", "rename", "replace"):
+    setattr(os, name, gated(getattr(os, name)))
+wait_for_all("start")
+existing = write_once(path, f"writer {k}\n".encode() * 1000, "the test file")
+sys.stdout.write("won" if existing is None else existing.decode())
+"""
+
+
+def test_write_once_has_one_winner_among_processes(tmp_path):
+    path, gate, n = tmp_path / "run" / "config.json", tmp_path / "gate", 8
+    gate.mkdir()
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), str(gate), str(k), str(n)],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for k in range(n)
+    ]
+    got = [w.communicate(timeout=120) for w in writers]
+    assert all(w.returncode == 0 for w in writers), [err for _, err in got]
+    winners = [k for k, (out, _) in enumerate(got) if out == "won"]
+    assert len(winners) == 1, f"writers {winners} each created the file"
+    content = path.read_text()
+    assert content == f"writer {winners[0]}\n" * 1000
+    assert all(out == content for out, _ in got if out != "won")
+    assert os.listdir(path.parent) == ["config.json"]  # no temporary file left
 
 
 def test_summarize_rewrites_the_whole_runs_reports_byte_for_byte(trained, tmp_path):

@@ -5,12 +5,14 @@ every kind of product the real one does (encoder convolutions, dense layers and
 attention, Bi-LSTM, AlexNet, residual attention, the head's linears).
 """
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import products
+from conftest import product_sites, products
 
 from msjax.encoders import load_encoder, normalize_waveform
 from msjax.models.emoboost import MSEmoBoost
@@ -56,17 +58,33 @@ def _batch(seed: int) -> dict[str, np.ndarray]:
     }
 
 
+# The products of the bf16 train step that run in float32 on purpose, by site (see
+# conftest.product_sites): the spectrogram image's bilinear resize (jax.image.resize's
+# own function), and the statistics of the encoder's first-layer normalisation, forward
+# and backward (msjax.models.ssl: that layer runs in float32 whatever the compute dtype).
+FLOAT32_SITES = {
+    "image resize": re.compile(r"^_resize: dot_general$"),
+    "encoder first-layer statistics": re.compile(
+        r"^main: jit\(train_step\)/(transpose\()?jvp\(MSEmoBoost\)\)?/MSEmoBoost\._ssl_features/"
+        r"encoder/feature_extractor/conv_layers/0/(btk,btl->bkl|bkl,kc,lc->bc)/dot_general$"
+    ),
+}
+
+
 def test_bfloat16_train_step_runs_its_products_in_bfloat16():
     """Every matmul and convolution of the lowered train step (forward and backward) has
-    bf16 operands, except those that ask for full precision on purpose (HIGHEST: the
-    spectrogram image's resize and the encoder's first-layer normalisation statistics)."""
+    bf16 operands, except those at the sites that run in float32 by design
+    (`FLOAT32_SITES`), named by where they are whatever precision they ask for."""
     state, train_step, _ = _setup(jnp.bfloat16)
-    program = train_step.lower(state, _batch(0), jax.random.key(0)).as_text()
-    found = products(program)
-    low = [p for p in found if set(p[1]) == {"bf16"}]
-    wide = [p for p in found if set(p[1]) != {"bf16"} and not p[2]]
+    program = train_step.lower(state, _batch(0), jax.random.key(0)).as_text(debug_info=True)
+    found = product_sites(program)
+    low = [site for dtypes, site in found if set(dtypes) == {"bf16"}]
+    wide = [(dtypes, site) for dtypes, site in found if set(dtypes) != {"bf16"}]
     assert len(low) > 50, len(low)  # the parse sees the program's products
-    assert not wide, wide[:5]
+    stray = [p for p in wide if not any(s.match(p[1]) for s in FLOAT32_SITES.values())]
+    assert not stray, stray[:5]
+    for name, site in FLOAT32_SITES.items():  # each exemption still names a product
+        assert any(site.match(where) for _, where in wide), name
     # The float32 step, parsed the same way, has no bf16 product at all.
     state, train_step, _ = _setup(jnp.float32)
     program = train_step.lower(state, _batch(0), jax.random.key(0)).as_text()
@@ -76,10 +94,12 @@ def test_bfloat16_train_step_runs_its_products_in_bfloat16():
 def test_bfloat16_losses_follow_float32():
     """Eight Adam steps on one batch from torch's random classifier init (so the logits
     depend on every input from the first step): bf16's first loss is float32's to 0.2%,
-    and over the eight steps its losses stay within 25% of float32's total decrease of
-    it (measured: 1.2%, 12% while GELU and the head's products were bf16 throughout;
-    with the master weights rounded to bf16 after each update, 41%). The master weights
-    stay float32."""
+    and over the eight steps its losses stay within 5% of float32's total decrease of it.
+    Measured: 0.8% on an AVX2 CPU (1.2% where first measured). Regressions: the loss
+    taken from bf16 logits, 8.6%; GELU and the head's products bf16 throughout, 12% where
+    first measured (1.3% on the AVX2 CPU, which computes bf16 arithmetic in float32); the
+    master weights rounded to bf16 after each update, 41%. The master weights stay
+    float32."""
     f32_state, f32_step, _ = _setup(jnp.float32)
     low_state, low_step, _ = _setup(jnp.bfloat16)
     key, batch = jax.random.key(0), _batch(0)
@@ -95,7 +115,7 @@ def test_bfloat16_losses_follow_float32():
     assert drop > 0.1, f32_losses  # it learns, so the bound below means something
     assert abs(low_losses[0] - f32_losses[0]) < 2e-3 * f32_losses[0], (low_losses, f32_losses)
     gap = np.abs(low_losses - f32_losses).max() / drop
-    assert gap < 0.25, (gap, f32_losses, low_losses)
+    assert gap < 0.05, (gap, f32_losses, low_losses)
 
 
 @pytest.mark.parametrize("k", [16, 12])  # 12: not a multiple of 8, the plain transpose

@@ -152,34 +152,39 @@ def test_segments_of_many_files_share_one_compiled_batch(trained, mixed_folder, 
         assert p.record["label"] == a.record["label"]
 
 
-def test_features_of_the_next_batch_are_prepared_while_the_model_runs(trained, tmp_path,
-                                                                     monkeypatch):
+def test_features_of_the_next_batches_are_prepared_while_the_model_runs(trained, tmp_path,
+                                                                       monkeypatch):
+    """One-segment files in batches of 2. While the model runs on the first batch (files 0
+    and 1), the feature thread reads ahead until its queue of two messages is full: the
+    "file" messages of files 1 and 2, then the batch of files 2 and 3, which waits. File
+    4 is read only once the model has taken something from the queue."""
     from msjax.predict import Predictor, predict_files
 
-    paths = [_write(tmp_path / f"{i}.wav", 0.5, seed=i) for i in range(4)]
+    paths = [_write(tmp_path / f"{i}.wav", 0.5, seed=i) for i in range(6)]
     predictor = Predictor(trained / "fold_00", batch_size=2)
-    third_read = threading.Event()
+    started = {path: threading.Event() for path in paths}
     reader_threads = set()
     real_segments, real_batch = predictor.segments, predictor.segment_log_probs
 
     def segments(path):
         reader_threads.add(threading.get_ident())
-        if path == paths[2]:
-            third_read.set()
+        started[path].set()
         return real_segments(path)
 
-    waited = []
+    during_first = []
 
     def model(batch):
-        if not waited:  # the first batch: files 0 and 1
-            waited.append(third_read.wait(timeout=60))
+        if not during_first:  # read ahead as far as the bound, and not one file further
+            during_first.append(
+                (started[paths[3]].wait(timeout=60), started[paths[4]].wait(timeout=2))
+            )
         return real_batch(batch)
 
     monkeypatch.setattr(predictor, "segments", segments)
     monkeypatch.setattr(predictor, "segment_log_probs", model)
     results = list(predict_files(predictor, paths))
-    assert [r.record["status"] for r in results] == ["ok"] * 4
-    assert waited == [True]  # file 2 (second batch) was read during the first batch
+    assert [r.record["status"] for r in results] == ["ok"] * 6
+    assert during_first == [(True, False)]
     assert threading.get_ident() not in reader_threads
 
 
