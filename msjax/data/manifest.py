@@ -14,7 +14,9 @@ Other columns are ignored. Example (`list.csv`):
     wav/c.wav,angry,s2
 
 Labels are the data's own, sorted, unless `labels` gives the class order; `label_map`
-renames or merges classes (`exc:hap`) and drops them (`oth:`) before that. Utterance ids
+renames or merges classes (`exc:hap`) and drops them (`oth:`) before that. Every label, in
+the rows as in `labels` and `label_map`, is read in one spelling (`canonical_label`: spaces
+stripped, lower case), so "Angry" and "angry " are one class. Utterance ids
 are the file stems, or the paths relative to the manifest's folder (without suffix) when
 two stems collide.
 
