@@ -150,7 +150,8 @@ def _hub_reason(err: Exception, offline: bool) -> str:
         return f"it is not in the hub cache {constants.HF_HUB_CACHE} and {where}"
     if isinstance(err, hub_errors.RepositoryNotFoundError):
         return "the hub has no such model (or it is private or gated: `hf auth login`)"
-    return f"the download failed ({type(err).__name__})"
+    detail = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+    return f"the download failed ({detail})"
 
 
 def _hint(name: str) -> str:

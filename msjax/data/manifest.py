@@ -292,9 +292,10 @@ def _report_spellings(
     Args:
         spellings: (label as written, canonical label) -> rows.
     """
+    found = {c for _, c in spellings}
     changed = {k: n for k, n in spellings.items() if k[0] != k[1]}
     if changed:
-        merged = len({c for _, c in spellings}) < len({w for w, _ in spellings})
+        merged = len(found) < len({w for w, _ in spellings})
         shown = [
             f"{w!r} -> {c!r} ({n} row{'s' * (n > 1)})"
             for (w, c), n in sorted(changed.items(), key=lambda item: item[0][::-1])
@@ -304,11 +305,11 @@ def _report_spellings(
             logging.WARNING if merged else logging.INFO,
             "%s: labels ignore case and spaces: %s%s", source, ", ".join(shown[:8]), more,
         )
-    absent = [raw for raw in mapping if raw not in {c for _, c in spellings}]
+    absent = [raw for raw in mapping if raw not in found]
     if absent:
         log.warning(
             "%s: %s: no row is labelled %s (the data's labels: %s)", source, _LABEL_MAP,
-            ", ".join(map(repr, absent)), ", ".join(sorted({c for _, c in spellings})),
+            ", ".join(map(repr, absent)), ", ".join(sorted(found)),
         )
 
 
