@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.protocol = "loso"
     # Class order, comma-separated ("ang,hap,sad,neu"); empty: the data's labels, sorted.
     config.labels = ""
-    # raw:label pairs, comma-separated; "raw:" drops a class ("exc:hap,oth:").
+    # raw:label pairs, comma-separated, each applied once; "raw:" drops a class ("exc:hap,oth:").
+    # Labels here and in the data ignore case and surrounding spaces.
     config.label_map = ""
     return config

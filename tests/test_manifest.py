@@ -2,6 +2,7 @@
 EMODB written as a manifest giving exactly what the EMODB loader gives."""
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,12 +10,14 @@ import pytest
 import soundfile as sf
 from conftest import run
 
+from configs import manifest as manifest_config
 from msjax.cache import FeatureCache
 from msjax.data import emodb, load_dataset, manifest
 from msjax.data.folds import make_folds
 from msjax.errors import DataError, UsageError
 from msjax.features import FeatureConfig
 from msjax.train.pipeline import FeatureStore
+from msjax.train.run import prepare_data
 
 
 def write_wav(path: Path, n: int = 320) -> None:
@@ -93,6 +96,82 @@ def test_labels_order_and_label_map(tmp_path):
     assert ds.class_counts() == {"neu": 4, "ang": 4, "hap": 4}  # oth dropped, exc merged
     with pytest.raises(UsageError, match="--config.label_map entry 'exc'"):
         manifest.load(tmp_path / "list.csv", label_map="exc")
+
+
+def _mixed_case_manifest(root: Path) -> Path:
+    """A manifest whose labels are typed as people type them: in any case, with spaces."""
+    lines = []
+    for spk in ("s1", "s2", "s3", "s4"):
+        for i, written in enumerate(
+            ("Angry", "angry", " ANGRY ", "neutral", "Very  Happy", "very happy")
+        ):
+            write_wav(root / f"wav/{spk}_{i}.wav")
+            lines.append(f"wav/{spk}_{i}.wav,{written},{spk}")
+    return write_csv(root / "list.csv", "path,emotion,speaker", lines)
+
+
+def test_labels_differing_in_case_or_spaces_are_one_class(tmp_path, caplog):
+    path = _mixed_case_manifest(tmp_path)
+    with caplog.at_level(logging.INFO, logger="msjax"):
+        ds = manifest.load(path)
+    assert ds.labels == ("angry", "neutral", "very happy")
+    assert ds.class_counts() == {"angry": 12, "neutral": 4, "very happy": 8}
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [(
+        "WARNING",
+        f"{path}: labels ignore case and spaces: 'ANGRY' -> 'angry' (4 rows), 'Angry' -> "
+        "'angry' (4 rows), 'Very  Happy' -> 'very happy' (4 rows)",
+    )]
+    # --config.labels and --config.label_map follow the same rule.
+    ds = manifest.load(path, labels=" Neutral,ANGRY", label_map="VERY HAPPY:Neutral")
+    assert ds.labels == ("neutral", "angry")
+    assert ds.class_counts() == {"neutral": 12, "angry": 12}
+
+
+def test_a_run_starts_with_its_classes_and_their_counts(tmp_path, caplog):
+    config = manifest_config.get_config()
+    config.data_dir = str(_mixed_case_manifest(tmp_path))
+    config.labels, config.label_map = "Neutral,Angry", "very HAPPY:"
+    with caplog.at_level(logging.INFO, logger="msjax"):
+        prepare_data(config, tmp_path / "run")
+    assert "2 classes: neutral 4, angry 12" in [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize(
+    "labels, label_map, problem",
+    [
+        ("", "exc:hap:x", "--config.label_map entry 'exc:hap:x': more than one ':'; expected "
+         "raw:label (or raw: to drop)"),
+        ("", ":hap", "--config.label_map entry ':hap': the label before ':' is empty"),
+        ("", "exc:hap,exc:neu",
+         "--config.label_map: 'exc' is mapped twice ('exc:hap' and 'exc:neu')"),
+        ("", "exc:hap,oth:,EXC:neu",
+         "--config.label_map: 'exc' is mapped twice ('exc:hap' and 'EXC:neu')"),
+        ("", "exc:hap,hap:neu", "--config.label_map: 'exc:hap' maps to 'hap', which 'hap:neu' "
+         "maps again (each label is mapped once); map 'exc' to the final label"),
+        ("neu,ang,hap", "exc:happy",
+         "--config.label_map: maps to 'happy', not one of --config.labels=neu,ang,hap"),
+        ("neu,ang,Neu", "", "--config.labels: 'neu' and 'Neu' are the same label 'neu'"),
+    ],
+)
+def test_malformed_label_options_are_one_line_naming_the_field(tmp_path, labels, label_map,
+                                                                problem):
+    manifest.write(corpus(tmp_path, labels=("neu", "ang", "hap", "exc"), n=1),
+                   tmp_path / "list.csv")
+    with pytest.raises(UsageError) as err:
+        manifest.load(tmp_path / "list.csv", labels=labels, label_map=label_map)
+    assert str(err.value).startswith(problem) and "\n" not in str(err.value)
+
+
+def test_label_map_entries_no_row_has_are_a_warning(tmp_path, caplog):
+    manifest.write(corpus(tmp_path, labels=("neu", "ang", "exc"), n=1), tmp_path / "list.csv")
+    with caplog.at_level(logging.INFO, logger="msjax"):
+        ds = manifest.load(tmp_path / "list.csv", label_map="exc:ang,Fru:,xxx:")
+    assert ds.class_counts() == {"ang": 8, "neu": 4}
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [(
+        "WARNING",
+        f"{tmp_path / 'list.csv'}: --config.label_map: no row is labelled 'fru', 'xxx' "
+        "(the data's labels: ang, exc, neu)",
+    )]
 
 
 def test_every_bad_row_is_reported_with_its_line(tmp_path):

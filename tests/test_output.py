@@ -21,7 +21,8 @@ from conftest import REPO, TINY
 ABSL_PREFIX = re.compile(r"[IWEF]\d{4} ")
 # Everything bin/train may write on stderr at the default verbosity.
 TRAIN_LINE = re.compile(
-    r"preparing features for \d+ utterances"
+    r"\d+ classes: \w+ \d+(, \w+ \d+)*"
+    r"|preparing features for \d+ utterances"
     r"|fold \d+ epoch \d+: loss \S+ acc \S+ val WA \S+ UA \S+ \(\d+\.\d s\)( \*)?"
     r"|fold \d+ seed \d+ \(test \S+\): WA \S+ UA \S+ F1 \S+, best epoch \d+ \(\d+ s\)"
     r"|run took \d+ s"

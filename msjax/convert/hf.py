@@ -117,23 +117,43 @@ def _resolve(name: str) -> Path:
         raise CheckpointError(f"{name}: is a file; pass the checkpoint directory")
     if path.is_absolute() or name.startswith((".", "~")) or name.count("/") != 1:
         raise CheckpointError(f"{name}: no such checkpoint directory (nor a hub id org/name)")
-    import huggingface_hub  # Imported here: only hub ids need it.
+    # Imported here: only hub ids need it. Public names only: huggingface_hub 2.x loads
+    # its submodules lazily, so `huggingface_hub.constants` is unbound after a bare import.
     from huggingface_hub import errors as hub_errors
+    from huggingface_hub import is_offline_mode, snapshot_download
 
     # The hub library reads HF_HUB_OFFLINE once at import; honour a later setting too.
-    offline = huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get(
-        "HF_HUB_OFFLINE", ""
-    ).upper() in ("1", "ON", "YES", "TRUE")
+    offline = is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").upper() in (
+        "1", "ON", "YES", "TRUE"
+    )
     try:
-        snapshot = huggingface_hub.snapshot_download(
-            name, allow_patterns=_HUB_FILES, local_files_only=offline
-        )
-    except (hub_errors.HfHubHTTPError, hub_errors.HFValidationError, OSError) as err:
-        reason = "offline and not cached" if offline else type(err).__name__
+        snapshot = snapshot_download(name, allow_patterns=_HUB_FILES, local_files_only=offline)
+    except hub_errors.HFValidationError:
         raise CheckpointError(
-            f"{name}: cannot get the checkpoint ({reason}); {_hint(name)}"
+            f"{name}: no such checkpoint directory (nor a valid hub id org/name)"
+        ) from None
+    except (hub_errors.HfHubHTTPError, OSError) as err:
+        raise CheckpointError(
+            f"{name}: not a directory, and as a hub id {_hub_reason(err, offline)}; "
+            f"{_hint(name)}"
         ) from None
     return Path(snapshot)
+
+
+def _hub_reason(err: Exception, offline: bool) -> str:
+    """Why the hub could not give a checkpoint, in words (for `_resolve`'s message)."""
+    from huggingface_hub import constants
+    from huggingface_hub import errors as hub_errors
+
+    if isinstance(err, hub_errors.IncompleteSnapshotError):
+        return f"its snapshot in the hub cache {constants.HF_HUB_CACHE} is incomplete"
+    if isinstance(err, hub_errors.LocalEntryNotFoundError):
+        where = "offline (HF_HUB_OFFLINE)" if offline else "the hub cannot be reached"
+        return f"it is not in the hub cache {constants.HF_HUB_CACHE} and {where}"
+    if isinstance(err, hub_errors.RepositoryNotFoundError):
+        return "the hub has no such model (or it is private or gated: `hf auth login`)"
+    detail = err.strerror if isinstance(err, OSError) and err.strerror else type(err).__name__
+    return f"the download failed ({detail})"
 
 
 def _hint(name: str) -> str:

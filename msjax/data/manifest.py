@@ -14,7 +14,9 @@ Other columns are ignored. Example (`list.csv`):
     wav/c.wav,angry,s2
 
 Labels are the data's own, sorted, unless `labels` gives the class order; `label_map`
-renames or merges classes (`exc:hap`) and drops them (`oth:`) before that. Utterance ids
+renames or merges classes (`exc:hap`) and drops them (`oth:`) before that. Every label, in
+the rows as in `labels` and `label_map`, is read in one spelling (`canonical_label`: spaces
+stripped, lower case), so "Angry" and "angry " are one class. Utterance ids
 are the file stems, or the paths relative to the manifest's folder (without suffix) when
 two stems collide.
 
@@ -29,7 +31,10 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
+import unicodedata
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -38,41 +43,91 @@ from msjax.data.records import Dataset, Utterance, sort_key
 from msjax.errors import AudioError, DataError, UsageError
 from msjax.files import atomic_write
 
+log = logging.getLogger(__name__)
+
 COLUMNS: tuple[str, ...] = ("path", "emotion", "speaker", "session", "split")
 REQUIRED: tuple[str, ...] = ("path", "emotion")
 FORMATS: tuple[str, ...] = (".csv", ".tsv", ".jsonl")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# The config fields that label errors name.
+_LABELS = "--config.labels"
+_LABEL_MAP = "--config.label_map"
 
 Row = dict[str, str]
 
 
+def canonical_label(label: str) -> str:
+    """The one spelling of a label: Unicode NFC, whitespace stripped and runs of it made one
+    space, lower case, as the built-in corpora spell theirs ("Angry ", "ANGRY" -> "angry")."""
+    return " ".join(unicodedata.normalize("NFC", label).split()).lower()
+
+
 def parse_labels(labels: str | Sequence[str] | None) -> tuple[str, ...] | None:
-    """An ordered class list from "a,b,c" or a sequence; None or empty means: from the data."""
+    """An ordered class list from "a,b,c" or a sequence, canonical (`canonical_label`);
+    None or empty means: from the data.
+
+    Raises:
+        UsageError: a label listed twice (spellings that differ in case or spaces count as one).
+    """
     if not labels:
         return None
     items = labels.split(",") if isinstance(labels, str) else list(labels)
-    return tuple(item.strip() for item in items if item.strip())
+    spelled: dict[str, str] = {}
+    for item in filter(None, (item.strip() for item in items)):
+        label = canonical_label(item)
+        if label in spelled:
+            raise UsageError(
+                f"{_LABELS}: {spelled[label]!r} and {item!r} are the same label {label!r} "
+                "(labels ignore case and spaces)"
+            )
+        spelled[label] = item
+    return tuple(spelled)
 
 
 def parse_label_map(label_map: str | Mapping[str, str] | None) -> dict[str, str]:
-    """{raw: label} from "exc:hap,oth:" or a mapping; an empty target drops the class.
+    """{raw: label}, both canonical, from "exc:hap,oth:" or a mapping; an empty target
+    drops the class. Applied once to each row's label, before `labels`.
 
     Raises:
-        UsageError: an entry without a colon.
+        UsageError: one line naming --config.label_map: an entry without exactly one colon,
+            an empty raw label, a raw label mapped twice (spellings that differ in case or
+            spaces count as one), or a target that is mapped on again (a chain).
     """
     if not label_map:
         return {}
-    if not isinstance(label_map, str):
-        return {str(k): str(v or "") for k, v in label_map.items()}
-    pairs = {}
-    for entry in filter(None, (e.strip() for e in label_map.split(","))):
-        if ":" not in entry:
+    if isinstance(label_map, str):
+        pairs = [_map_entry(e) for e in (e.strip() for e in label_map.split(",")) if e]
+    else:
+        pairs = [(str(k), str(v or "")) for k, v in label_map.items()]
+    mapping: dict[str, str] = {}
+    spelled: dict[str, str] = {}
+    for raw, label in pairs:
+        key, entry = canonical_label(raw), f"{raw}:{label}"
+        if not key:
+            raise UsageError(f"{_LABEL_MAP} entry {entry!r}: the label before ':' is empty")
+        if key in mapping:
             raise UsageError(
-                f"--config.label_map entry {entry!r}: expected raw:label (or raw: to drop)"
+                f"{_LABEL_MAP}: {key!r} is mapped twice ({spelled[key]!r} and {entry!r})"
             )
-        raw, label = entry.split(":", 1)
-        pairs[raw.strip()] = label.strip()
-    return pairs
+        mapping[key], spelled[key] = canonical_label(label), entry
+    for key, label in mapping.items():
+        if label and label != key and mapping.get(label, label) != label:
+            raise UsageError(
+                f"{_LABEL_MAP}: {spelled[key]!r} maps to {label!r}, which {spelled[label]!r} "
+                f"maps again (each label is mapped once); map {key!r} to the final label"
+            )
+    return mapping
+
+
+def _map_entry(entry: str) -> tuple[str, str]:
+    """(raw, label) of one "raw:label" entry of a --config.label_map string."""
+    if entry.count(":") != 1:
+        problem = "no ':'" if ":" not in entry else "more than one ':'"
+        raise UsageError(
+            f"{_LABEL_MAP} entry {entry!r}: {problem}; expected raw:label (or raw: to drop)"
+        )
+    raw, label = entry.split(":")
+    return raw, label
 
 
 def read_rows(path: Path) -> list[tuple[int, Row]]:
@@ -145,18 +200,26 @@ def build_dataset(
         labels: The class order ("a,b,c" or a sequence); None: the data's labels, sorted.
         label_map: Renames or drops raw labels before `labels` applies (`parse_label_map`).
 
+    Every label is read in its canonical spelling (`canonical_label`); the spellings that
+    changed are logged (a warning where two spellings became one class), and so are the
+    label map's raw labels that no row has.
+
     Raises:
+        UsageError: bad `labels` or `label_map`, or a map target outside `labels`.
         DataError: one line per bad row (missing/unreadable audio, duplicate path, empty
             or unknown label, bad split), all listed; or no rows left.
     """
     order = parse_labels(labels)
     mapping = parse_label_map(label_map)
+    _check_map_targets(mapping, order)
     problems: list[str] = []
     kept: list[tuple[Path, Row, str, str]] = []
     seen: dict[Path, int] = {}
+    spellings: Counter[tuple[str, str]] = Counter()
     for number, row in rows:
         where = source if number is None else f"{source}:{number}"
-        raw, rel = row.get("emotion", ""), row.get("path", "")
+        raw, rel = canonical_label(row.get("emotion", "")), row.get("path", "")
+        spellings[row.get("emotion", ""), raw] += 1
         label = mapping.get(raw, raw)
         if raw in mapping and not label:
             continue  # dropped by the label map
@@ -198,12 +261,56 @@ def build_dataset(
                 split=row["split"] or None,
             )
         )
+    _report_spellings(source, spellings, mapping)
     if problems:
         raise DataError(f"{source}: {len(problems)} problem(s)\n" + "\n".join(problems))
     if not utterances:
         raise DataError(f"{source}: no utterances (after the label map)")
     found = {u.label for u in utterances}
     return Dataset(name, order or tuple(sorted(found)), tuple(sorted(utterances, key=sort_key)))
+
+
+def _check_map_targets(mapping: Mapping[str, str], order: Sequence[str] | None) -> None:
+    """Refuses a label map target that `labels` does not list (a usage error, once,
+    rather than one data error per row it maps)."""
+    if order is None:
+        return
+    outside = sorted({t for t in mapping.values() if t} - set(order))
+    if outside:
+        raise UsageError(
+            f"{_LABEL_MAP}: maps to {', '.join(map(repr, outside))}, not one of "
+            f"{_LABELS}={','.join(order)}"
+        )
+
+
+def _report_spellings(
+    source: str, spellings: Mapping[tuple[str, str], int], mapping: Mapping[str, str]
+) -> None:
+    """Logs the labels whose spelling was made canonical (a warning when spellings merged)
+    and the label map's raw labels that no row has.
+
+    Args:
+        spellings: (label as written, canonical label) -> rows.
+    """
+    found = {c for _, c in spellings}
+    changed = {k: n for k, n in spellings.items() if k[0] != k[1]}
+    if changed:
+        merged = len(found) < len({w for w, _ in spellings})
+        shown = [
+            f"{w!r} -> {c!r} ({n} row{'s' * (n > 1)})"
+            for (w, c), n in sorted(changed.items(), key=lambda item: item[0][::-1])
+        ]
+        more = f" and {len(shown) - 8} more" if len(shown) > 8 else ""
+        log.log(
+            logging.WARNING if merged else logging.INFO,
+            "%s: labels ignore case and spaces: %s%s", source, ", ".join(shown[:8]), more,
+        )
+    absent = [raw for raw in mapping if raw not in found]
+    if absent:
+        log.warning(
+            "%s: %s: no row is labelled %s (the data's labels: %s)", source, _LABEL_MAP,
+            ", ".join(map(repr, absent)), ", ".join(sorted(found)),
+        )
 
 
 def load_corpus(

@@ -59,7 +59,8 @@ _RERUN_FIELDS = ("fold", "use_cache", "cache_dir", "tsne", "feature_workers")
 
 
 def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Dataset, list[Fold]]:
-    """Checks the config, loads the dataset and builds its folds (no feature work)."""
+    """Checks the config, loads the dataset (logging its classes and their counts) and builds
+    its folds (no feature work)."""
     check_config(config)
     root = setup.data_root(config, workdir)
     if config.dataset == "synthetic":
@@ -74,6 +75,8 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Data
         load_dataset(config.dataset, root, **loader_options(config)),
         config.get("allow_damaged", False),
     )
+    counts = dataset.class_counts()
+    log.info("%d classes: %s", len(counts), ", ".join(f"{k} {n}" for k, n in counts.items()))
     folds = make_folds(
         dataset, config.protocol, config.num_folds or None, config.seed, config.validation
     )
