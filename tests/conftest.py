@@ -6,6 +6,8 @@ utterances per emotion, 1 s segments, a tiny random encoder, small images) with
 2 stratified folds and 2 epochs, so a run takes well under a minute.
 """
 
+import functools
+import json
 import os
 import re
 import subprocess
@@ -103,14 +105,21 @@ def check_run_files(config: ml_collections.ConfigDict, workdir: Path) -> None:
     `config` written to `workdir` or compared with it (msjax.train.run._check_workdir),
     counted among the workdir's jobs."""
     from msjax import lock
-    from msjax.encoders import load_configured_encoder
     from msjax.train.run import _check_workdir, prepare_data, run_inputs
 
     dataset, folds = prepare_data(config, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    inputs = run_inputs(dataset, load_configured_encoder(config.ssl, seed=config.seed))
+    inputs = run_inputs(dataset, _encoder(config.ssl.to_json(), config.seed))
     with lock.share(workdir, lambda alone: _check_workdir(config, workdir, inputs, folds, alone)):
         pass
+
+
+@functools.cache
+def _encoder(ssl: str, seed: int):
+    """load_configured_encoder, once per config (a random encoder compiles its init)."""
+    from msjax.encoders import load_configured_encoder
+
+    return load_configured_encoder(ml_collections.ConfigDict(json.loads(ssl)), seed=seed)
 
 
 def cpu_env(**extra: str) -> dict[str, str]:

@@ -138,7 +138,16 @@ def _check_workdir(
     differences = {}
     for name, (current, what) in saved.items():
         previous = _save_once(workdir / name, current, what)
-        if previous is not None and (difference := _DIFFERENCES[name](previous, current)):
+        if previous is None:
+            continue
+        try:
+            difference = _DIFFERENCES[name](previous, current)
+        except (KeyError, TypeError, AttributeError) as err:  # edited by hand
+            raise DataError(
+                f"{workdir / name}: not {what} as msjax writes it ({type(err).__name__}: "
+                f"{err}); use a new --workdir"
+            ) from None
+        if difference:
             differences[name] = difference
     if not differences:
         return
@@ -271,7 +280,7 @@ def _folds_difference(previous: dict, current: dict) -> str:
             split = next((s for s in SPLITS if old.get(s) != new[s]), None)
             if split is not None:
                 detail = f"fold {new['index']} {split}: " + _split_difference(
-                    old[split] if isinstance(old.get(split), dict) else {}, new[split]
+                    old.get(split, {}), new[split]
                 )
                 break
     return "the run was started on different folds" + (f" ({detail})" if detail else "")
