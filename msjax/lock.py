@@ -3,7 +3,8 @@
 A whole run locks its workdir and, while it trains a fold, that fold's directory;
 a `--fold=k` job locks only fold k's directory (so fold jobs run side by side) and
 is refused while a whole run holds the workdir. A lock left by a process that died
-on this host is taken over.
+on this host is taken over. Besides, every job on a workdir holds a shared flock on
+its USERS_NAME file (`share`), so a job can tell whether it is the only one there.
 
 The lock file appears complete or not at all (written aside, then hard-linked into
 place, which fails when the name is taken). Deciding that a lock is stale and
@@ -21,16 +22,20 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from msjax.errors import UsageError, writing
 from msjax.files import write_once
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 LOCK_NAME = ".lock"
 GUARD_NAME = ".lock.guard"
+USERS_NAME = ".lock.users"
 # An unreadable lock file younger than this may still be in writing (by an older
 # msjax that wrote it in place), so it counts as held.
 _YOUNG_S = 10.0
@@ -120,6 +125,34 @@ def _acquire(directory: Path, me: dict) -> None:
             raise _refuse(directory, held)
         log.warning("%s: taking over a stale lock", path)
         path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def share(directory: Path, setup: Callable[[bool], T]) -> Iterator[T]:
+    """Counts this process among the jobs using `directory` for the block (whole runs,
+    fold jobs, every process of a multi-process run): a shared flock on its USERS_NAME
+    file, which the kernel releases when the process dies.
+
+    On entry, under the guard, `setup(alone)` runs and the block gets its result;
+    `alone` says whether no other live job uses the directory, so a job that is alone
+    may replace what another would compare against.
+    """
+    directory = Path(directory)
+    with writing(directory / USERS_NAME, "the lock file"):
+        fd = os.open(directory / USERS_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        with _guard(directory):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                alone = True
+            except BlockingIOError:
+                alone = False
+            result = setup(alone)
+            # Under the guard: no other job decides while this one turns exclusive to shared.
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        yield result
+    finally:
+        os.close(fd)  # releases the flock
 
 
 @contextlib.contextmanager

@@ -6,6 +6,8 @@ utterances per emotion, 1 s segments, a tiny random encoder, small images) with
 2 stratified folds and 2 epochs, so a run takes well under a minute.
 """
 
+import functools
+import json
 import os
 import re
 import subprocess
@@ -13,6 +15,7 @@ import sys
 from pathlib import Path
 
 import jax
+import ml_collections
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,19 +90,61 @@ def fast_compile():
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", previous)
-TINY = [
-    "--config.synthetic.num_speakers=3",
-    "--config.synthetic.utterances_per_emotion=2",
-    "--config.protocol=stratified",
-    "--folds=2",
-    "--config.features.segment_seconds=1.0",
-    "--config.image_size=(64, 96)",
-    "--config.model.lstm_hidden=8",
-    "--config.model.branch_dim=16",
-    "--config.optim.num_epochs=2",
-    "--config.optim.batch_size=8",
-    "--config.optim.eval_batch_size=8",
-]
+
+
+# The tiny run: TINY on the command line, tiny_config() in-process.
+TINY_FIELDS = {
+    "synthetic.num_speakers": 3,
+    "synthetic.utterances_per_emotion": 2,
+    "protocol": "stratified",
+    "num_folds": 2,
+    "features.segment_seconds": 1.0,
+    "image_size": (64, 96),
+    "model.lstm_hidden": 8,
+    "model.branch_dim": 16,
+    "optim.num_epochs": 2,
+    "optim.batch_size": 8,
+    "optim.eval_batch_size": 8,
+}
+TINY = [f"--config.{name}={value}" for name, value in TINY_FIELDS.items()]
+
+
+def tiny_config(changes: dict | None = None) -> ml_collections.ConfigDict:
+    """The synthetic config with TINY's settings, then `changes` by dotted field name
+    ({"optim.learning_rate": 0.5})."""
+    from configs import synthetic
+
+    config = synthetic.get_config()
+    with config.unlocked():
+        for name, value in {**TINY_FIELDS, **(changes or {})}.items():
+            *parents, leaf = name.split(".")
+            node = config
+            for parent in parents:
+                node = node[parent]
+            node[leaf] = value
+    return config
+
+
+def check_run_files(config: ml_collections.ConfigDict, workdir: Path) -> None:
+    """What train_and_evaluate does before it trains, in this process: the run files of
+    `config` written to `workdir` or compared with it (msjax.train.run._check_workdir),
+    counted among the workdir's jobs."""
+    from msjax import lock
+    from msjax.train.run import _check_workdir, prepare_data, run_inputs
+
+    dataset, folds = prepare_data(config, workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    inputs = run_inputs(dataset, _encoder(config.ssl.to_json(), config.seed))
+    with lock.share(workdir, lambda alone: _check_workdir(config, workdir, inputs, folds, alone)):
+        pass
+
+
+@functools.cache
+def _encoder(ssl: str, seed: int):
+    """load_configured_encoder, once per config (a random encoder compiles its init)."""
+    from msjax.encoders import load_configured_encoder
+
+    return load_configured_encoder(ml_collections.ConfigDict(json.loads(ssl)), seed=seed)
 
 
 def cpu_env(**extra: str) -> dict[str, str]:

@@ -56,7 +56,9 @@ def test_rerun_skips_finished_folds(trained):
 def test_changed_config_refuses_the_workdir(trained):
     done = run("train", f"--workdir={trained}", *TINY, "--config.optim.learning_rate=0.5")
     assert done.returncode == 2
-    assert "different config (optim differ)" in done.stderr.strip().splitlines()[-1]
+    assert "different config (optim.learning_rate: 0.001 -> 0.5)" in (
+        done.stderr.strip().splitlines()[-1]
+    )
 
 
 def test_resume_refuses_flags_that_change_the_run(trained):

@@ -153,11 +153,13 @@ def test_an_error_of_process_0_stops_the_other_in_one_line(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
     (workdir / "config.json").write_text('{"dataset": "synthetic", "seed": 12345}')
+    (workdir / "fold_00").mkdir()
+    (workdir / "fold_00" / "result.json").write_text("{}")  # a fold has trained
     pair = _start_pair(workdir, tmp_path / "counts", *TINY)
     outs = [p.communicate(timeout=600) for p in pair]
     assert [p.returncode for p in pair] == [2, 2], [err[-3000:] for _, err in outs]
     errors = [err.strip().splitlines()[-1] for _, err in outs]
-    assert "was run with a different config (seed differ)" in errors[0]
+    assert "a different config (seed: 12345 -> 0), and fold_00 has started" in errors[0]
     assert errors[1] == (
         "error: process 0 stopped (workdir files, exit code 2); its error says why"
     )

@@ -6,6 +6,7 @@ import asyncio
 import collections
 import errno
 import gc
+import hashlib
 import json
 import logging
 import os
@@ -26,13 +27,26 @@ import numpy as np
 import pytest
 import soundfile as sf
 from absl import flags
-from conftest import REPO, TINY, bin_command, cpu_env, ok, run
+from conftest import (
+    REPO,
+    TINY,
+    TINY_FIELDS,
+    bin_command,
+    check_run_files,
+    cpu_env,
+    ok,
+    run,
+    tiny_config,
+)
 
 from configs import synthetic
-from msjax import checkpoint, lock
+from msjax import checkpoint, lock, report
 from msjax.audio import load_audio
 from msjax.cache import FeatureCache
+from msjax.convert.torchvision import alexnet_params, save_params
+from msjax.data import load_dataset, manifest
 from msjax.errors import AudioError, CheckpointError, UsageError, WriteError
+from msjax.train.run import prepare_data, train_and_evaluate
 from msjax.validation import check_config
 
 FLAGS = flags.FLAGS
@@ -79,6 +93,32 @@ def test_corrected_command_runs_after_refused_ones(trained, tmp_path):
         one_error(run("train", *args, *bad), 2, bad[0].split("=")[0])
     ok(run("train", *args))
     assert json.loads((tmp_path / "run" / "results.json").read_text())["folds"]
+
+
+@pytest.mark.slow  # the corrected command trains a fold of the baseline for an epoch
+def test_corrected_manifest_runs_on_the_workdir_of_the_refused_one(trained, tmp_path):
+    """A clip that fails only when its features are computed stops a run after its run
+    files were written; the command rerun once the clip is fixed trains on that workdir."""
+    dataset = load_dataset("synthetic", trained / "corpus")
+    rows = manifest.dataset_rows(dataset, tmp_path)
+    bad = tmp_path / "bad.wav"
+    sf.write(bad, np.full(16000, np.nan, np.float32), 16000, subtype="FLOAT")
+    rows[0]["path"] = bad.name
+    manifest.write(rows, tmp_path / "list.csv")
+    shutil.copytree(trained / "cache", tmp_path / "cache")
+    # The SSL-only baseline: the fold trains in seconds.
+    fields = {**TINY_FIELDS, "optim.num_epochs": 1, "model.baseline": True,
+              "cache_dir": str(tmp_path / "cache")}
+    args = ["--dataset=manifest", f"--data_dir={tmp_path / 'list.csv'}", "--ssl=random:tiny",
+            f"--workdir={tmp_path / 'run'}", "--fold=0",
+            *(f"--config.{k}={v}" for k, v in fields.items() if not k.startswith("synthetic."))]
+    one_error(run("train", *args), 3, f"{bad}: contains NaN")
+    assert (tmp_path / "run" / "inputs.json").exists()
+    shutil.copyfile(dataset.utterances[0].path, bad)  # the clip, fixed
+    done = ok(run("train", *args))
+    assert f"{tmp_path / 'run' / 'inputs.json'}: replaced" in done.stderr
+    result = json.loads((tmp_path / "run" / "fold_00" / "result.json").read_text())
+    assert result["epochs_run"] == 1
 
 
 def test_data_dir_is_checked_before_writing(tmp_path):
@@ -772,26 +812,94 @@ def test_extract_counts_repaired_cache_entries(trained, tmp_path):
 
 # -- 7. what a run started from -----------------------------------------------------------
 
-@pytest.mark.parametrize("changed", ["utterances", "encoder"])
-def test_rerun_refuses_changed_inputs(trained, tmp_path, changed):
-    """Simulated in inputs.json: a corpus whose utterance list changed, or a local
-    encoder directory whose weights were replaced, between two runs."""
+def _saved_config(workdir: Path) -> ml_collections.ConfigDict:
+    """The config `--resume` continues (bin/train's saved_config)."""
+    return ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
+
+
+def test_rerun_refuses_another_encoder_naming_both(trained, tmp_path):
+    """Simulated in inputs.json: a local encoder directory whose weights were replaced."""
     workdir = copy_run(trained, tmp_path / "run")
     inputs = json.loads((workdir / "inputs.json").read_text())
-    inputs[changed] = "0" * 64
+    used, inputs["encoder"] = inputs["encoder"], "0" * 64
     (workdir / "inputs.json").write_text(json.dumps(inputs))
     done = run("train", f"--workdir={workdir}", "--resume")
-    one_error(done, 2, {"utterances": "utterance list", "encoder": "encoder's weights"}[changed])
+    one_error(done, 2, f"the SSL encoder's weights ({'0' * 64} -> {used})")
 
 
-def test_rerun_refuses_changed_audio(trained, tmp_path):
+def test_resume_names_the_clips_that_changed(trained, tmp_path):
     workdir = copy_run(trained, tmp_path / "run")
+    wavs = sorted((workdir / "corpus" / "wav").glob("*.wav"))
+    for victim in wavs[:4]:  # one more than a message names
+        wav, rate = sf.read(victim, dtype="float32")
+        sf.write(victim, wav * 0.5, rate)
+    # Simulated in inputs.json: a clip added, one removed and one relabelled since.
+    inputs = json.loads((workdir / "inputs.json").read_text())
+    clips = inputs["clips"]
+    del clips[wavs[5].stem]
+    clips["gone"] = {"label": "anger", "path": "old/gone.wav", "sha256": "0" * 64}
+    relabelled = clips[wavs[6].stem]
+    label = relabelled["label"]
+    relabelled["label"] = saved = "fear" if label != "fear" else "anger"
+    (workdir / "inputs.json").write_text(json.dumps(inputs))
+    with pytest.raises(UsageError) as refused:
+        train_and_evaluate(_saved_config(workdir), workdir)
+    assert str(refused.value) == (
+        f"{workdir / 'inputs.json'}: changed since the run started: 4 clips with other "
+        f"audio: {wavs[0]}, {wavs[1]}, {wavs[2]}, and 1 more; 1 utterance added: "
+        f"{wavs[5]}; 1 utterance removed: old/gone.wav; 1 utterance relabelled: "
+        f"{wavs[6]} {saved} -> {label}, and fold_00 has started training; use a new --workdir"
+    )
+    assert (workdir / "results.json").read_text() == (trained / "results.json").read_text()
+
+
+def _inputs_before_clip_hashes(workdir: Path) -> dict:
+    """inputs.json as msjax wrote it before per-clip hashes: SHA-256 digests over the
+    utterance list (uid and label lines) and over every clip's SHA-256, in corpus order."""
+    dataset, _ = prepare_data(_saved_config(workdir), workdir)
+    utterances, audio = hashlib.sha256(), hashlib.sha256()
+    for utt in dataset.utterances:
+        utterances.update(f"{utt.uid}\t{utt.label}\n".encode())
+        audio.update(hashlib.sha256(utt.path.read_bytes()).hexdigest().encode())
+    encoder = json.loads((workdir / "inputs.json").read_text())["encoder"]
+    return {"utterances": utterances.hexdigest(), "audio": audio.hexdigest(), "encoder": encoder}
+
+
+def test_inputs_json_from_before_clip_hashes_resumes_or_says_why_not(trained, tmp_path):
+    workdir = copy_run(trained, tmp_path / "run")
+    old = report.json_bytes(_inputs_before_clip_hashes(workdir))
+    (workdir / "inputs.json").write_bytes(old)
+    check_run_files(_saved_config(workdir), workdir)  # nothing changed: it resumes
+    assert (workdir / "inputs.json").read_bytes() == old
     victim = sorted((workdir / "corpus" / "wav").glob("*.wav"))[0]
     wav, rate = sf.read(victim, dtype="float32")
     sf.write(victim, wav * 0.5, rate)
-    done = run("train", f"--workdir={workdir}", *TINY)
-    one_error(done, 2, "audio content changed")
-    assert (workdir / "results.json").read_text() == (trained / "results.json").read_text()
+    with pytest.raises(UsageError) as refused:
+        check_run_files(_saved_config(workdir), workdir)
+    assert str(refused.value) == (
+        f"{workdir / 'inputs.json'}: changed since the run started: the dataset's audio "
+        "content (this inputs.json predates per-clip hashes, so the clips cannot be named), "
+        "and fold_00 has started training; use a new --workdir"
+    )
+
+
+def test_bad_alexnet_weights_are_refused_before_anything_is_written(trained, tmp_path):
+    workdir = tmp_path / "run"
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_text("not weights\n")
+    partial = tmp_path / "partial.npz"
+    params = alexnet_params(None, jax.random.key(0))
+    save_params({k: v for k, v in params.items() if k != "features_3"}, partial)
+    for weights, problem in ((garbage, "not a zip archive"),
+                             (partial, "missing: features_3/bias, features_3/kernel")):
+        config = tiny_config(
+            {"data_dir": str(trained / "corpus"), "model.alexnet_weights": str(weights)}
+        )
+        with pytest.raises(CheckpointError) as refused:
+            train_and_evaluate(config, workdir)
+        assert str(refused.value).startswith(f"{weights}: ")
+        assert problem in str(refused.value) and "allow_pickle" not in str(refused.value)
+        assert not workdir.exists()  # no feature work, no run files
 
 
 def test_random_encoder_identity_comes_from_its_weights(monkeypatch):

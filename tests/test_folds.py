@@ -128,6 +128,16 @@ def test_stratified_small_corpus_validates_every_class():
         make_folds(fake_dataset(["01"], EMODB_LABELS, per_class=2), "stratified", 2, seed=0)
 
 
+def test_one_speaker_or_group_to_leave_out_is_a_data_error():
+    one_group = {"01": "a", "02": "a", "03": "a"}
+    for protocol, ds, unit in (
+        ("loso", fake_dataset(["01"], EMODB_LABELS), "speakers"),
+        ("group", fake_dataset(["01", "02", "03"], EMODB_LABELS, sessions=one_group), "groups"),
+    ):
+        with pytest.raises(DataError, match=f"needs at least 2 {unit}; fake has 1"):
+            make_folds(ds, protocol)
+
+
 def test_heldout_needs_a_training_speaker():
     ds = fake_dataset(["01", "02"], EMODB_LABELS)
     with pytest.raises(UsageError, match="needs 2 speakers outside every test fold"):

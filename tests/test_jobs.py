@@ -2,6 +2,7 @@
 (tiny runs; see conftest.py)."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -9,7 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY, bin_command, cpu_env, ok, run
+from conftest import REPO, TINY, bin_command, check_run_files, cpu_env, ok, run, tiny_config
+
+from msjax import lock
+from msjax.errors import UsageError
 
 _REPORTS = ("results.json", "confusion.csv", "confusion.png")
 
@@ -108,7 +112,8 @@ def test_fold_job_with_another_config_or_folds_is_refused(trained, tmp_path):
     shutil.rmtree(workdir / "fold_01")
     done = run("train", f"--workdir={workdir}", *TINY, "--fold=1",
                "--config.optim.learning_rate=0.5")
-    assert done.returncode == 2 and "optim differ" in done.stderr, done.stderr
+    assert done.returncode == 2, done.stderr
+    assert "(optim.learning_rate: 0.001 -> 0.5), and fold_00 has started training" in done.stderr
     folds = json.loads((workdir / "folds.json").read_text())
     first = folds["folds"][1]
     first["train"]["uids"][0], first["test"]["uids"][0] = (
@@ -167,3 +172,69 @@ def test_seeds_train_each_fold_per_seed_and_average_over_them(trained, tmp_path)
     assert [(f["fold"], f["seed"]) for f in results["folds"]] == [(0, 0), (0, 1)]
     mean = sum(r["ua"] for r in runs) / 2
     assert abs(results["mean"]["ua"] - mean) < 1e-12
+
+
+# -- run files of a workdir that never trained, or did ------------------------------------
+
+def test_a_run_that_never_trained_gives_way_to_the_corrected_command(trained, tmp_path, caplog):
+    workdir = tmp_path / "run"
+    corpus = {"data_dir": str(trained / "corpus")}
+    check_run_files(tiny_config({**corpus, "optim.learning_rate": 0.5}), workdir)
+    seed_0_folds = (workdir / "folds.json").read_bytes()
+    # Stopped before training (a stale fold lock of a failed start does not count).
+    lock_file = workdir / "fold_00" / lock.LOCK_NAME
+    lock_file.parent.mkdir()
+    lock_file.write_text('{"pid": 1, "host": "elsewhere"}')
+    with caplog.at_level(logging.WARNING):
+        check_run_files(tiny_config({**corpus, "seed": 1}), workdir)
+    config = json.loads((workdir / "config.json").read_text())
+    assert (config["optim"]["learning_rate"], config["seed"]) == (1e-3, 1)
+    # The folds of seed 1, as a fresh workdir gets them.
+    check_run_files(tiny_config({**corpus, "seed": 1}), tmp_path / "fresh")
+    folds = (workdir / "folds.json").read_bytes()
+    assert folds == (tmp_path / "fresh" / "folds.json").read_bytes() != seed_0_folds
+    assert f"{workdir / 'config.json'}: replaced" in caplog.text
+    assert "optim.learning_rate: 0.5 -> 0.001; seed: 0 -> 1" in caplog.text
+
+
+def test_changed_config_is_refused_naming_fields_once_a_fold_trained(trained, tmp_path):
+    workdir = shutil.copytree(trained, tmp_path / "run")
+    changes = {"optim.learning_rate": 0.5, "model.lstm_hidden": 9, "ssl.layerdrop": 0.2,
+               "image_size": (64, 128)}
+    with pytest.raises(UsageError) as refused:
+        check_run_files(tiny_config(changes), workdir)
+    assert str(refused.value) == (
+        f"{workdir / 'config.json'}: the run was started with a different config "
+        '(image_size: [64, 96] -> [64, 128]; model.lstm_hidden: 8 -> 9; '
+        'optim.learning_rate: 0.001 -> 0.5; and 1 more), and fold_00 has started training; '
+        "use a new --workdir"
+    )
+    assert (workdir / "config.json").read_bytes() == (trained / "config.json").read_bytes()
+
+
+_SHARER = """
+import sys
+from msjax import lock
+with lock.share(sys.argv[1], lambda alone: print(alone, flush=True)):
+    sys.stdin.read()
+"""
+
+
+def test_a_job_on_the_workdir_keeps_the_files_it_compared(trained, tmp_path):
+    """While another job uses the workdir (here: one that wrote or compared the run
+    files and is still preparing features), a different config is refused even though
+    no fold has trained yet; once that job is gone, it replaces them."""
+    workdir = tmp_path / "run"
+    corpus = {"data_dir": str(trained / "corpus")}
+    check_run_files(tiny_config(corpus), workdir)
+    job = subprocess.Popen([sys.executable, "-c", _SHARER, str(workdir)], cwd=REPO,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert job.stdout.readline() == "True\n"  # alone on the workdir
+        with pytest.raises(UsageError, match=r"seed: 0 -> 1\), and another job is using"):
+            check_run_files(tiny_config({**corpus, "seed": 1}), workdir)
+        check_run_files(tiny_config(corpus), workdir)  # the same config joins it
+    finally:
+        job.communicate("", timeout=60)
+    check_run_files(tiny_config({**corpus, "seed": 1}), workdir)
+    assert json.loads((workdir / "config.json").read_text())["seed"] == 1

@@ -132,10 +132,19 @@ def load_alexnet_params(path: Path) -> dict:
             f"`bin/port_alexnet --pth=alexnet-owt-7be5be79.pth --out={path}` "
             f"(the .pth is torchvision's ImageNet AlexNet, {ALEXNET_URL})"
         )
+    with open(path, "rb") as f:
+        # Anything but a zip archive numpy would take for a pickle, and its error then
+        # suggests allow_pickle, which a params file never needs.
+        if f.read(4) != b"PK\x03\x04":
+            raise CheckpointError(
+                f"{path}: cannot read as an .npz params file (not a zip archive); write "
+                f"one with `bin/port_alexnet --pth=alexnet-owt-7be5be79.pth --out={path}`"
+            )
     try:
         flat = npz.load(path)
     except Exception as e:  # zipfile/ValueError/OSError for damaged archives.
-        raise CheckpointError(f"{path}: cannot read as an .npz params file ({e})") from e
+        reason = "an array of Python objects" if "allow_pickle" in str(e) else e
+        raise CheckpointError(f"{path}: cannot read as an .npz params file ({reason})") from e
     _check(flat, str(path))
     bad = sorted(k for k, v in flat.items() if v.dtype.kind != "f" or not np.isfinite(v).all())
     if bad:

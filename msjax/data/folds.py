@@ -106,8 +106,9 @@ def make_folds(
 
     Raises:
         UsageError: unknown protocol/validation, or an impossible fold count.
-        DataError: utterances without the speaker, group or split the protocol needs; a
-            class too small for the folds asked; a fold that fails the disjointness check
+        DataError: utterances without the speaker, group or split the protocol needs;
+            fewer than 2 speakers (groups) to leave out; a class too small for the folds
+            asked; a fold that fails the disjointness check
             (a bug, never expected).
     """
     if protocol not in PROTOCOLS:
@@ -181,8 +182,8 @@ def _speaker_groups(dataset: Dataset, protocol: str, num_folds: int | None) -> l
             f"protocol {protocol!r} on {dataset.name} gives {len(groups)} folds "
             f"(one per {unit[:-1]}), not {num_folds}"
         )
-    if len(groups) < 2:
-        raise UsageError(
+    if len(groups) < 2:  # the data's doing, as a class too small for the folds is
+        raise DataError(
             f"protocol {protocol!r} needs at least 2 {unit}; {dataset.name} has {len(groups)}"
         )
     return groups

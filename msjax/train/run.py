@@ -33,9 +33,8 @@ from msjax import distributed, inference, lock, progress, report, timing
 from msjax import metrics as M
 from msjax.audio import wav_header_problem
 from msjax.cache import FeatureCache, audio_hash
-from msjax.convert.download import alexnet_weights_file
 from msjax.data import load_dataset, loader_options
-from msjax.data.folds import Fold, class_weights, folds_to_dict, make_folds, summarize_folds
+from msjax.data.folds import SPLITS, Fold, class_weights, folds_to_dict, make_folds, summarize_folds
 from msjax.data.records import Dataset
 from msjax.data.synthetic import generate_corpus
 from msjax.encoders import Encoder, load_configured_encoder
@@ -121,44 +120,62 @@ def dry_run(config: ml_collections.ConfigDict, workdir: Path) -> str:
 
 
 def _check_workdir(
-    config: ml_collections.ConfigDict, workdir: Path, inputs: dict, folds: list[Fold]
+    config: ml_collections.ConfigDict, workdir: Path, inputs: dict, folds: list[Fold],
+    alone: bool = True,
 ) -> None:
-    """Saves config.json, inputs.json and folds.json on a workdir's first run; refuses
-    a run (or a --fold job) whose config, inputs (from `run_inputs`) or folds differ.
+    """Saves config.json, inputs.json and folds.json on a workdir's first run, and
+    compares a later run (or a --fold job) with them.
 
     Each file is created once, whole (`write_once`): of fold jobs starting together,
-    one writes it and the others compare with it.
+    one writes it and the others compare with it. A difference is refused, naming
+    what differs with both values, once training has started or while another job
+    uses the workdir (`alone` is False); otherwise the run before stopped before
+    training (a bad clip, an interrupt) and its files are replaced, so the corrected
+    command runs on the same workdir.
     """
-    path = workdir / "config.json"
-    current = json.loads(config.to_json_best_effort())
-    previous = _save_once(path, current, "the run config")
-    if previous is not None:
-        changed = sorted(
-            k for k in set(previous) | set(current)
-            # A field added since the run started counts as unchanged.
-            if k not in _RERUN_FIELDS and previous.get(k, current.get(k)) != current.get(k)
-        )
-        if changed:
-            raise UsageError(
-                f"{workdir}: was run with a different config ({', '.join(changed)} differ); "
-                "use a new --workdir"
-            )
-    inputs_path = workdir / "inputs.json"
-    previous = _save_once(inputs_path, inputs, "the run inputs")
-    if previous is not None:
-        changed = [_INPUTS[k] for k in _INPUTS if previous.get(k) != inputs[k]]
-        if changed:
-            raise UsageError(
-                f"{workdir}: {' and '.join(changed)} changed since the run started "
-                f"({inputs_path}); use a new --workdir"
-            )
-    folds_path = workdir / "folds.json"
-    current = json.loads(report.json_bytes(folds_to_dict(folds)))
-    previous = _save_once(folds_path, current, "the folds")
-    if previous is not None and previous != current:
+    saved = {
+        "config.json": (json.loads(config.to_json_best_effort()), "the run config"),
+        "inputs.json": (inputs, "the run inputs"),
+        "folds.json": (json.loads(report.json_bytes(folds_to_dict(folds))), "the folds"),
+    }
+    differences = {}
+    for name, (current, what) in saved.items():
+        previous = _save_once(workdir / name, current, what)
+        if previous is None:
+            continue
+        try:
+            difference = _DIFFERENCES[name](previous, current)
+        except (KeyError, TypeError, AttributeError) as err:  # edited by hand
+            raise DataError(
+                f"{workdir / name}: not {what} as msjax writes it ({type(err).__name__}: "
+                f"{err}); use a new --workdir"
+            ) from None
+        if difference:
+            differences[name] = difference
+    if not differences:
+        return
+    started = _training_started(workdir)
+    if started is not None or not alone:
+        name, difference = next(iter(differences.items()))
+        why = (f"{started.name} has started training" if started is not None
+               else "another job is using this workdir")
         raise UsageError(
-            f"{folds_path}: the run was started on different folds; use a new --workdir"
+            f"{workdir / name}: {difference}, and {why}; use a new --workdir"
         )
+    for name, difference in differences.items():
+        log.warning("%s: replaced (%s; no training had started)", workdir / name, difference)
+        current, what = saved[name]
+        atomic_write(workdir / name, lambda f, obj=current: f.write(report.json_bytes(obj)), what)
+
+
+def _training_started(workdir: Path) -> Path | None:
+    """The first fold directory holding a file a training left (a checkpoint, a result),
+    or None; lock files do not count."""
+    locks = {lock.LOCK_NAME, lock.GUARD_NAME, lock.USERS_NAME}
+    for fold in sorted(workdir.glob("fold_*")):
+        if any(p.name not in locks and not p.is_dir() for p in fold.rglob("*")):
+            return fold
+    return None
 
 
 def _save_once(path: Path, obj: dict, what: str) -> dict | None:
@@ -172,6 +189,125 @@ def _save_once(path: Path, obj: dict, what: str) -> dict | None:
         raise DataError(f"{path}: not valid JSON ({err}); use a new --workdir") from None
 
 
+# How many changed fields, clips or utterances a message names.
+_LISTED = 3
+
+
+def _first(items: list[str], sep: str = ", ") -> str:
+    """The first _LISTED of `items` joined by `sep`, and how many more there are."""
+    more = f"{sep}and {len(items) - _LISTED} more" if len(items) > _LISTED else ""
+    return sep.join(items[:_LISTED]) + more
+
+
+def _counted(items: list[str], noun: str, what: str) -> str:
+    """`2 <noun>s <what>: a, b` ("" for none)."""
+    if not items:
+        return ""
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'} {what}: {_first(items)}"
+
+
+def _config_difference(previous: dict, current: dict) -> str:
+    """The config fields (dotted names) whose values differ, with both values; "" if none.
+
+    A field added since the run started counts as unchanged; _RERUN_FIELDS may differ.
+    """
+    old, new = dict(_leaves(previous)), dict(_leaves(current))
+    changed = [
+        f"{name}: {json.dumps(old[name])} -> "
+        + (json.dumps(new[name]) if name in new else "absent")
+        for name in sorted(old)
+        if name.split(".")[0] not in _RERUN_FIELDS and old[name] != new.get(name, _ABSENT)
+    ]
+    if not changed:
+        return ""
+    return f"the run was started with a different config ({_first(changed, '; ')})"
+
+
+_ABSENT = object()
+
+
+def _leaves(tree: dict, prefix: str = "") -> Iterator[tuple[str, object]]:
+    """(dotted name, value) of every leaf of a JSON object."""
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _inputs_difference(previous: dict, current: dict) -> str:
+    """What changed between two `run_inputs`: the encoder, and the clips whose audio
+    changed and utterances added, removed or relabelled, by path; "" if nothing did."""
+    changes = []
+    if previous.get("encoder") != current["encoder"]:
+        changes.append(
+            f"the SSL encoder's weights ({previous.get('encoder')} -> {current['encoder']})"
+        )
+    if "clips" in previous:
+        old, new = previous["clips"], current["clips"]
+        both = sorted(old.keys() & new.keys())
+        changes += [
+            _counted([new[u]["path"] for u in both if old[u]["sha256"] != new[u]["sha256"]],
+                     "clip", "with other audio"),
+            _counted([new[u]["path"] for u in sorted(new.keys() - old.keys())],
+                     "utterance", "added"),
+            _counted([old[u]["path"] for u in sorted(old.keys() - new.keys())],
+                     "utterance", "removed"),
+            _counted([f"{new[u]['path']} {old[u]['label']} -> {new[u]['label']}"
+                      for u in both if old[u]["label"] != new[u]["label"]],
+                     "utterance", "relabelled"),
+        ]
+    else:
+        # Written before per-clip hashes: only the digests over all clips compare.
+        changed = [_INPUTS[k] for k in ("utterances", "audio") if previous.get(k) != current[k]]
+        if changed:
+            changes.append(
+                f"{' and '.join(changed)} (this inputs.json predates per-clip hashes, so "
+                "the clips cannot be named)"
+            )
+    changes = [c for c in changes if c]
+    return f"changed since the run started: {'; '.join(changes)}" if changes else ""
+
+
+def _folds_difference(previous: dict, current: dict) -> str:
+    """The first fold split that differs, by its utterances or class counts; "" if none."""
+    if previous == current:
+        return ""
+    detail = ""
+    for key in ("protocol", "validation", "num_folds"):
+        if previous.get(key) != current[key]:
+            detail = f"{key}: {json.dumps(previous.get(key))} -> {json.dumps(current[key])}"
+            break
+    else:
+        for old, new in zip(previous.get("folds", []), current["folds"]):
+            split = next((s for s in SPLITS if old.get(s) != new[s]), None)
+            if split is not None:
+                detail = f"fold {new['index']} {split}: " + _split_difference(
+                    old.get(split, {}), new[split]
+                )
+                break
+    return "the run was started on different folds" + (f" ({detail})" if detail else "")
+
+
+def _split_difference(old: dict, new: dict) -> str:
+    """How one split of folds.json differs: utterances moved, else class counts."""
+    saved, now = old.get("uids", []), new["uids"]
+    moved = "; ".join(filter(None, (
+        _counted(sorted(set(saved) - set(now)), "utterance", "only in the saved folds"),
+        _counted(sorted(set(now) - set(saved)), "utterance", "only in this run's"),
+    )))
+    if moved:
+        return moved
+    return (f"class counts {json.dumps(old.get('class_counts'))} -> "
+            f"{json.dumps(new['class_counts'])}")
+
+
+_DIFFERENCES = {
+    "config.json": _config_difference,
+    "inputs.json": _inputs_difference,
+    "folds.json": _folds_difference,
+}
+
 # What a run's results depend on besides its config, as `_check_workdir` names it.
 _INPUTS = {
     "utterances": "the dataset's utterance list",
@@ -180,17 +316,22 @@ _INPUTS = {
 }
 
 
-def run_inputs(dataset: Dataset, encoder: Encoder) -> dict[str, str]:
-    """SHA-256 digests of the utterance list (ids and labels), of every audio file's
-    bytes and the encoder's identity: what a rerun must find unchanged."""
+def run_inputs(dataset: Dataset, encoder: Encoder) -> dict:
+    """What a rerun must find unchanged: every clip's label, path and SHA-256 of its
+    bytes ("clips", by uid), the encoder's identity, and the SHA-256 digests over the
+    utterance list (ids and labels) and over all clips' hashes that inputs.json held
+    before per-clip hashes (kept so such a run still resumes)."""
     utterances = hashlib.sha256()
     audio = hashlib.sha256()
+    clips = {}
     for utt in dataset.utterances:
+        digest = audio_hash(utt.path)
         utterances.update(f"{utt.uid}\t{utt.label}\n".encode())
-        audio.update(audio_hash(utt.path).encode())
+        audio.update(digest.encode())
+        clips[utt.uid] = {"label": utt.label, "path": str(utt.path), "sha256": digest}
     return {
         "utterances": utterances.hexdigest(), "audio": audio.hexdigest(),
-        "encoder": encoder.identity,
+        "encoder": encoder.identity, "clips": clips,
     }
 
 
@@ -207,9 +348,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     start = time.time()
     # Everything that can be checked is checked before the workdir is written to.
     dataset, folds = prepare_data(config, workdir)
-    if config.model.use_spectrogram and not config.model.baseline:
-        # Download ImageNet AlexNet (or fail offline) before any feature work.
-        alexnet_weights_file(config.model.alexnet_weights, config.model.random_alexnet)
+    # Read whole (downloaded on first use) before any feature work.
+    alexnet = setup.alexnet_weights(config)
     encoder = load_configured_encoder(config.ssl, seed=config.seed)
     inputs = run_inputs(dataset, encoder)
     with contextlib.ExitStack() as stack:
@@ -219,11 +359,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             lock.check_free(workdir)
             with writing(workdir, "the run directory"):
                 workdir.mkdir(parents=True, exist_ok=True)
-        # Process 0 writes the run files; the others then compare with them.
-        distributed.main_first(
-            "workdir files", lambda: _check_workdir(config, workdir, inputs, folds)
-        )
-        return _train_folds(config, workdir, dataset, folds, encoder, start)
+        # Process 0 writes the run files; the others then compare with them, and
+        # never replace them. Every process counts as a job using the workdir until
+        # it ends (lock.share).
+        distributed.main_first("workdir files", lambda: stack.enter_context(lock.share(
+            workdir, lambda alone: _check_workdir(
+                config, workdir, inputs, folds, alone and distributed.is_main()
+            ),
+        )))
+        return _train_folds(config, workdir, dataset, folds, encoder, alexnet, start)
 
 
 @contextlib.contextmanager
@@ -238,7 +382,9 @@ def _main_holds(directory: Path) -> Iterator[None]:
         yield
 
 
-def _train_folds(config, workdir: Path, dataset: Dataset, folds, encoder, start: float) -> dict:
+def _train_folds(
+    config, workdir: Path, dataset: Dataset, folds, encoder, alexnet: dict | None, start: float
+) -> dict:
     """train_and_evaluate's work once the workdir is checked and locked."""
     limit_malloc_arenas()  # memory stays flat across folds and epochs
     labels = dataset.labels
@@ -297,7 +443,7 @@ def _train_folds(config, workdir: Path, dataset: Dataset, folds, encoder, start:
                 continue
             with _main_holds(run_dir):
                 params = setup.init_params(
-                    _with_seed(config, seed), model, feature_cfg, encoder, fold.index
+                    _with_seed(config, seed), model, feature_cfg, encoder, fold.index, alexnet
                 )
                 metadata = setup.checkpoint_metadata(config, dataset, feature_cfg, encoder, fold)
                 weights = class_weights(fold, _class_weights(config))

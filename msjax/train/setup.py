@@ -19,7 +19,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import msjax
 from msjax.convert.download import alexnet_weights_file
-from msjax.convert.torchvision import alexnet_params
+from msjax.convert.torchvision import load_alexnet_params
 from msjax.data.folds import Fold
 from msjax.data.records import Dataset
 from msjax.encoders import Encoder
@@ -35,22 +35,36 @@ def data_root(config: ml_collections.ConfigDict, workdir: Path) -> Path:
     return Path(workdir) / "corpus"
 
 
+def alexnet_weights(config: ml_collections.ConfigDict) -> dict | None:
+    """The AlexNet params a run starts from, read whole and checked (names and shapes);
+    None for a random init or a model without the spectrogram branch. ImageNet AlexNet
+    is downloaded on first use.
+
+    Raises:
+      CheckpointError: the params file is missing, not one, or not AlexNet's; the
+        download failed.
+    """
+    if not config.model.use_spectrogram or config.model.baseline:
+        return None
+    path = alexnet_weights_file(config.model.alexnet_weights, config.model.random_alexnet)
+    return None if path is None else load_alexnet_params(path)
+
+
 def init_params(
     config: ml_collections.ConfigDict,
     model: MSEmoBoost,
     feature_cfg: FeatureConfig,
     encoder: Encoder,
     fold: int,
+    alexnet: dict | None = None,
 ) -> dict:
-    """Fresh head params (seeded by seed and fold), ported AlexNet (downloaded on first use
-    for "imagenet"), pretrained encoder."""
+    """Fresh head params (seeded by seed and fold), `alexnet`'s weights (from
+    `alexnet_weights`; None keeps the random init), pretrained encoder."""
     rng = jax.random.fold_in(jax.random.key(config.seed), fold)
     batch = dummy_batch(model, feature_cfg, 1, tuple(config.image_size))
     params = dict(_jitted_init(model)(rng, batch)["params"])
-    if "alexnet" in params:
-        weights = alexnet_weights_file(config.model.alexnet_weights, config.model.random_alexnet)
-        if weights is not None:
-            params = replace_alexnet(params, alexnet_params(weights))
+    if alexnet is not None:
+        params = replace_alexnet(params, alexnet)
     if model.encoder is not None:
         params["encoder"] = encoder.params
     return params
