@@ -7,7 +7,8 @@ Layout under a fold directory:
                    SSL identity, model config)
 
 Saves are synchronous: orbax writes into a temporary directory and renames it,
-so a process killed mid-save leaves the previous checkpoint intact. Once the
+so a process killed mid-save leaves the previous checkpoint intact; SIGINT and
+SIGTERM wait for the save and its manifest to be complete. Once the
 data is in place, `<epoch>/sha256.json` (written atomically) records a SHA-256 of
 every file; loading checks each file against it and refuses a damaged one. The manifest
 detects damage, not tampering: for a checkpoint from someone else, loading also checks
@@ -39,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from msjax import distributed, report
+from msjax import distributed, interrupts, report
 from msjax.errors import CheckpointError, WriteError, writing
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,14 @@ def _check_space(directory: Path, tree: Any, what: str) -> None:
 
 def _save(directory: Path, step: int, args: ocp.args.Composite, tree: Any, what: str) -> None:
     """Saves `args` (holding the arrays of `tree`) as `directory/<step>` plus its
-    manifest; cleans up after a failure."""
+    manifest; cleans up after a failure. SIGINT and SIGTERM wait until both are
+    written (msjax.interrupts)."""
+    with interrupts.deferred():
+        _save_now(directory, step, args, tree, what)
+
+
+def _save_now(directory: Path, step: int, args: ocp.args.Composite, tree: Any,
+              what: str) -> None:
     step_dir = directory / str(step)
     main = distributed.is_main()
     saving = str(directory.absolute()) + os.sep

@@ -58,3 +58,16 @@ def writing(path: str | os.PathLike, what: str) -> Iterator[None]:
     except OSError as err:
         reason = err.strerror or str(err)
         raise WriteError(f"{path}: cannot write {what}: {reason}") from err
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM arrived (msjax.interrupts); exit code 128 + the signal's number.
+
+    A KeyboardInterrupt, so that no `except Exception` swallows it and code that
+    cleans up after Ctrl-C does so after SIGTERM too.
+    """
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum

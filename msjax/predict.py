@@ -17,7 +17,7 @@ import queue
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msjax import checkpoint, inference, runtime
+from msjax import checkpoint, inference, interrupts, runtime
 from msjax.audio import wav_header_problem
 from msjax.encoders import Encoder, load_encoder
 from msjax.errors import AudioError, CheckpointError, DataError, UsageError, writing
@@ -45,6 +45,13 @@ DEFAULT_BATCH_SIZE = 8
 DEFAULT_WINDOW_SECONDS = 60.0
 # Batches the feature thread prepares ahead of the model.
 _BATCHES_AHEAD = 2
+# Inputs whose prediction is given with status "warning" (`input_warnings`): audio
+# shorter than this fraction of a segment (the model then sees mostly zero padding)...
+SHORT_FRACTION = 0.25
+# ...and audio whose RMS level lies below this, in dB relative to full scale (a
+# full-scale square wave is 0 dBFS; a microphone's noise floor in a quiet room lies
+# around -60, speech around -30 to -20).
+SILENCE_DBFS = -60.0
 
 
 class Predictor:
@@ -195,18 +202,30 @@ def predict(predictor: Predictor, paths: Sequence[Path]) -> Iterator[dict]:
     """One record per file, in order: label and per-class probabilities, or the error.
 
     A bad file gives status "error" with its one-line message and the others go
-    on; a truncated WAV is predicted from what it holds, with status "warning".
+    on; a truncated WAV is predicted from what it holds, and so are a clip much
+    shorter than a segment and near-silent audio (`input_warnings`), each with
+    status "warning" and the reason in "error".
     """
     return (result.record for result in predict_files(predictor, paths))
 
 
-def predict_files(predictor: Predictor, paths: Sequence[Path]) -> Iterator[FileResult]:
+# on_segments(input index, path, first segment k, log-probabilities [K, C]).
+SegmentsDone = Callable[[int, Path, int, np.ndarray], None]
+
+
+def predict_files(
+    predictor: Predictor, paths: Sequence[Path], on_segments: SegmentsDone | None = None
+) -> Iterator[FileResult]:
     """`predict` with each file's segment log-probabilities and length, as files finish.
 
     Segments of consecutive files are packed into batches of `predictor.batch_size`
     (the last one padded), so the model compiles once whatever the files' lengths. A
     thread decodes files and computes features for the next batches while the model
-    runs on the current one.
+    runs on the current one. Close the iterator when stopping early (the thread ends).
+
+    `on_segments`, when given, hears of segments before their file is done (a long
+    recording's, window by window), in order, files one after the other: each segment
+    but the last one of a file, whose end is the file's and known only at its end.
     """
     jobs: queue.Queue = queue.Queue(maxsize=_BATCHES_AHEAD)
     stop = threading.Event()
@@ -225,9 +244,9 @@ def predict_files(predictor: Predictor, paths: Sequence[Path]) -> Iterator[FileR
                 for owner, row in zip(owners, logprobs):
                     files[owner].logprobs.append(row)
             elif kind == "file":
-                index, count, samples, problem = item
+                index, count, samples, problems = item
                 files[index].count, files[index].samples = count, samples
-                files[index].problem = problem
+                files[index].problems = problems
             elif kind == "error":
                 index, error = item
                 files[index].error = error
@@ -236,6 +255,8 @@ def predict_files(predictor: Predictor, paths: Sequence[Path]) -> Iterator[FileR
             while done < len(paths) and files[done].complete:
                 yield _result(predictor, paths[done], files.pop(done))
                 done += 1
+            if on_segments is not None and done < len(paths):
+                _report_segments(files[done], done, paths[done], on_segments)
     finally:
         stop.set()
         packer.join()
@@ -246,12 +267,50 @@ class _InFlight:
     logprobs: list[np.ndarray] = dataclasses.field(default_factory=list)
     count: int | None = None  # segments, once the file is read to its end
     samples: int = 0
-    problem: str | None = None
+    problems: list[str] = dataclasses.field(default_factory=list)
     error: AudioError | None = None
+    reported: int = 0  # segments handed to on_segments
 
     @property
     def complete(self) -> bool:
         return self.error is not None or self.count == len(self.logprobs)
+
+
+def _report_segments(file: _InFlight, index: int, path: Path, on_segments: SegmentsDone) -> None:
+    """Hands the segments of the file being finished that are settled to `on_segments`:
+    all that came back but the latest, which may be the file's last."""
+    settled = len(file.logprobs) - 1
+    if file.error is None and settled > file.reported:
+        on_segments(index, path, file.reported, np.stack(file.logprobs[file.reported:settled]))
+        file.reported = settled
+
+
+def input_warnings(samples: int, energy: float, cfg: FeatureConfig) -> list[str]:
+    """Why a prediction of this audio is not to be trusted, if it is not: shorter than
+    SHORT_FRACTION of a segment, or RMS below SILENCE_DBFS.
+
+    Args:
+      samples: the file's length at `cfg.sample_rate`.
+      energy: the sum of its squared samples.
+    """
+    found = []
+    seconds = samples / cfg.sample_rate
+    if samples < SHORT_FRACTION * cfg.segment_samples:
+        found.append(
+            f"only {seconds:.3g} s of audio, under {SHORT_FRACTION * cfg.segment_seconds:g} s "
+            f"({SHORT_FRACTION:g} of the model's {cfg.segment_seconds:g} s segment): the "
+            "prediction rests mostly on padding"
+        )
+    if energy == 0.0:
+        found.append("digital silence (every sample is zero): the prediction is not of speech")
+    else:
+        dbfs = 10 * np.log10(energy / samples)
+        if dbfs < SILENCE_DBFS:
+            found.append(
+                f"near-silent (RMS {dbfs:.0f} dBFS, under {SILENCE_DBFS:g} dBFS): the "
+                "prediction is not of speech"
+            )
+    return found
 
 
 def _result(predictor: Predictor, path: Path, file: _InFlight) -> FileResult:
@@ -266,12 +325,12 @@ def _result(predictor: Predictor, path: Path, file: _InFlight) -> FileResult:
     probs = inference.probabilities(mean[0])
     record = {
         "path": str(path),
-        "status": "warning" if file.problem else "ok",
+        "status": "warning" if file.problems else "ok",
         "label": predictor.labels[int(np.argmax(probs))],
         "probabilities": {name: float(p) for name, p in zip(predictor.labels, probs)},
     }
-    if file.problem:
-        record["error"] = f"{path}: {file.problem}"
+    if file.problems:
+        record["error"] = f"{path}: " + "; ".join(file.problems)
     return FileResult(path, record, seconds, segment_logprobs)
 
 
@@ -282,8 +341,9 @@ class _Stopped(Exception):
 def _pack(predictor: Predictor, paths: Sequence[Path], jobs: queue.Queue,
           stop: threading.Event) -> None:
     """Runs in a thread: files -> ("batch", arrays, owners), ("file", index, segments,
-    samples, header problem) or ("error", index, AudioError) in order, then "raise"
-    with any other exception once the segments before it are sent."""
+    samples, problems: the header's and `input_warnings`) or ("error", index,
+    AudioError) in order, then "raise" with any other exception once the segments
+    before it are sent."""
 
     def send(*item) -> None:
         while not stop.is_set():
@@ -306,19 +366,24 @@ def _pack(predictor: Predictor, paths: Sequence[Path], jobs: queue.Queue,
         for index, path in enumerate(paths):
             try:
                 count = samples = 0
+                energy = 0.0
                 for segs, n in predictor.segments(path):
                     samples += n
+                    # Segments do not overlap and are padded with zeros.
+                    energy += float(np.square(segs.wav, dtype=np.float64).sum())
                     for row in range(len(segs)):
                         rows.append((index, segs, row))
                         count += 1
                         if len(rows) == predictor.batch_size:
                             send_rows()
-                problem = wav_header_problem(path)
+                header = wav_header_problem(path)
             except AudioError as error:
                 rows[:] = [r for r in rows if r[0] != index]
                 send("error", index, error)
                 continue
-            send("file", index, count, samples, problem)
+            problems = [header] if header else []
+            problems += input_warnings(samples, energy, predictor.feature_cfg)
+            send("file", index, count, samples, problems)
         if rows:
             send_rows()
     except _Stopped:
@@ -345,17 +410,22 @@ def _stack(rows: list[tuple[int, Segments, int]], size: int) -> dict[str, np.nda
     return batch
 
 
-def check_output(out: Path | None, flag: str = "--output", what: str = "predictions") -> None:
+def check_output(out: Path | None, flag: str = "--output", what: str = "predictions",
+                 overwrite: bool = False) -> None:
     """Fails before any work when `out` cannot be written (a directory, no permission,
-    a read-only or full disk): creates its folder and a scratch file beside it.
+    a read-only or full disk) or is a file already there, unless `overwrite`: creates
+    its folder and a scratch file beside it.
 
     Raises:
-      UsageError: `out` is a directory. WriteError: it cannot be written.
+      UsageError: `out` is a directory or an existing file. WriteError: it cannot be
+        written.
     """
     if out is None:
         return
     if out.is_dir():
         raise UsageError(f"{flag}={out}: is a directory; give a .csv or .jsonl file")
+    if out.is_file() and not overwrite:
+        raise UsageError(f"{flag}={out}: exists; pass --overwrite to replace it")
     _check_writable(out.parent, out, what)
 
 
@@ -396,8 +466,9 @@ class RowWriter:
                 self.file.flush()
 
     def write_row(self, record: dict, row: Sequence) -> None:
-        """`record` as a JSON line, or `row` (the header's columns) as a CSV line."""
-        with writing(self.out or "stdout", self.what):
+        """`record` as a JSON line, or `row` (the header's columns) as a CSV line (whole:
+        SIGINT and SIGTERM wait for it)."""
+        with interrupts.deferred(), writing(self.out or "stdout", self.what):
             if self.jsonl:
                 self.file.write(json.dumps(record) + "\n")
             else:
@@ -429,5 +500,5 @@ class RecordWriter(RowWriter):
 
 __all__ = [
     "FileResult", "Predictor", "RecordWriter", "RowWriter", "check_folder", "check_output",
-    "expand_inputs", "predict", "predict_files",
+    "expand_inputs", "input_warnings", "predict", "predict_files",
 ]

@@ -2,7 +2,8 @@
 
 `bin/predict --timeline=segments.csv` writes, besides each file's prediction, one row per
 3 s segment (path, start, end in seconds, and the segment's probability of each emotion)
-as each file is done; `--timeline_plot=folder/` draws each file's rows as a PNG. The
+as segments are done (a long recording's window by window, each row flushed);
+`--timeline_plot=folder/` draws each file's rows as a PNG once the file is done. The
 segments tile the file: segment k spans [k * segment_seconds, (k + 1) * segment_seconds),
 the last one ending at the file's end (the model saw it zero-padded to a whole segment).
 """
@@ -15,24 +16,31 @@ from pathlib import Path
 import numpy as np
 
 from msjax import report
+from msjax.errors import UsageError
 from msjax.predict import FileResult, RowWriter
 
 
-def segment_rows(result: FileResult, labels: Sequence[str], segment_seconds: float) -> list[dict]:
-    """One row per segment of a predicted file: path, start, end (s), probabilities.
+def segment_row(path: Path, k: int, logprobs: np.ndarray, labels: Sequence[str],
+                segment_seconds: float, seconds: float | None = None) -> dict:
+    """Segment k's row: path, start, end (s; capped at the file's length `seconds`),
+    probabilities (the segment's softmax, from its log-probabilities [C])."""
+    probs = np.exp(np.asarray(logprobs, np.float64))
+    end = (k + 1) * segment_seconds
+    return {
+        "path": str(path),
+        "start": k * segment_seconds,
+        "end": end if seconds is None else min(end, seconds),
+        "probabilities": {name: float(v) for name, v in zip(labels, probs)},
+    }
 
-    The probabilities are each segment's softmax, so they sum to one per row.
-    """
-    probs = np.exp(np.asarray(result.segment_logprobs, np.float64))
-    rows = []
-    for k, p in enumerate(probs):
-        rows.append({
-            "path": str(result.path),
-            "start": k * segment_seconds,
-            "end": min((k + 1) * segment_seconds, result.seconds),
-            "probabilities": {name: float(v) for name, v in zip(labels, p)},
-        })
-    return rows
+
+def segment_rows(result: FileResult, labels: Sequence[str], segment_seconds: float) -> list[dict]:
+    """One row per segment of a predicted file (`segment_row`); the probabilities sum
+    to one per row."""
+    return [
+        segment_row(result.path, k, logprobs, labels, segment_seconds, result.seconds)
+        for k, logprobs in enumerate(result.segment_logprobs)
+    ]
 
 
 class TimelineWriter(RowWriter):
@@ -49,6 +57,23 @@ class TimelineWriter(RowWriter):
             row["path"], f"{row['start']:.6f}", f"{row['end']:.6f}",
             *[f"{probs[n]:.6f}" for n in self.labels],
         ])
+
+
+def check_plots(paths: Sequence[Path], folder: Path | None, overwrite: bool) -> None:
+    """Refuses, unless `overwrite`, a --timeline_plot folder already holding a PNG that
+    this run would draw.
+
+    Raises:
+      UsageError: naming the first such file and how many there are.
+    """
+    if folder is None or overwrite:
+        return
+    taken = [png for png in plot_paths(paths, folder) if png.exists()]
+    if taken:
+        more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+        raise UsageError(
+            f"--timeline_plot={folder}: {taken[0]} exists{more}; pass --overwrite to replace"
+        )
 
 
 def plot_paths(paths: Sequence[Path], folder: Path) -> list[Path]:
@@ -79,13 +104,25 @@ class TimelineOutput:
         self.labels, self.segment_seconds = list(labels), segment_seconds
         self.writer = TimelineWriter(rows, labels) if rows else None
         self.pngs = plot_paths(paths, plots) if plots else None
+        self._written: dict[int, int] = {}  # input index -> its rows written so far
+
+    def add_segments(self, index: int, path: Path, first: int, logprobs: np.ndarray) -> None:
+        """Writes the rows of segments first.. of input `index` before the file is done
+        (`predict_files`' on_segments: never a file's last segment)."""
+        if self.writer is None:
+            return
+        for k, row in enumerate(logprobs, first):
+            self.writer.write(segment_row(path, k, row, self.labels, self.segment_seconds))
+        self._written[index] = first + len(logprobs)
 
     def add(self, index: int, result: FileResult) -> None:
-        """Writes the rows and the plot of input `index` (nothing for a failed file)."""
+        """Writes the rows not written yet and the plot of input `index` (nothing more
+        for a failed file)."""
+        written = self._written.pop(index, 0)
         if result.segment_logprobs is None or not (self.writer or self.pngs):
             return
         rows = segment_rows(result, self.labels, self.segment_seconds)
-        for row in rows if self.writer else ():
+        for row in rows[written:] if self.writer else ():
             self.writer.write(row)
         if self.pngs:
             report.plot_timeline(

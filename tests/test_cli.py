@@ -119,9 +119,12 @@ def test_predict_reports_bad_files_and_goes_on(trained, tmp_path):
     assert set(records) == {c.name for c in clips} | {"broken.wav", "silent.wav"}
     assert records["broken.wav"]["status"] == "error" and "broken.wav" in records[
         "broken.wav"]["error"]
+    assert "only 0.1 s of audio" in records["silent.wav"]["error"]
+    assert "digital silence" in records["silent.wav"]["error"]
     for name in [c.name for c in clips] + ["silent.wav"]:
         record = records[name]
-        assert record["status"] == "ok", record
+        # Predicted all the same; a 0.1 s silent clip with the reasons not to trust it.
+        assert record["status"] == ("warning" if name == "silent.wav" else "ok"), record
         probs = record["probabilities"]
         assert record["label"] == max(probs, key=probs.get)
         assert abs(sum(probs.values()) - 1.0) < 1e-4

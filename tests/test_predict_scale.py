@@ -280,6 +280,122 @@ def test_timeline_rows_tile_each_file_and_plots_are_pngs(trained, mixed_folder, 
         assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
 
 
+def test_timeline_rows_of_a_long_recording_are_written_window_by_window(trained, tmp_path):
+    """A 12.5 s recording read in 2 s windows, 2 segments per batch: before each batch
+    the rows of the batches before it (but the latest segment, whose end may be the
+    file's) are on disk already, flushed; at the end the rows tile the file once."""
+    from msjax.predict import Predictor, predict_files
+    from msjax.timeline import TimelineOutput
+
+    path = _write(tmp_path / "long.wav", 12.5)
+    rows_path = tmp_path / "rows.jsonl"
+    predictor = Predictor(trained / "fold_00", batch_size=2, window_seconds=2.0)
+    timeline = TimelineOutput(rows_path, None, [path], predictor.labels, 1.0)
+    on_disk = []
+    real_batch = predictor.segment_log_probs
+
+    def model(batch):
+        on_disk.append(len(rows_path.read_text().splitlines()))
+        return real_batch(batch)
+
+    predictor.segment_log_probs = model
+    for index, result in enumerate(predict_files(predictor, [path], timeline.add_segments)):
+        timeline.add(index, result)
+    timeline.close()
+    assert on_disk == [max(0, 2 * k - 1) for k in range(7)]  # 13 segments, 7 batches
+    rows = [json.loads(line) for line in rows_path.read_text().splitlines()]
+    assert [r["start"] for r in rows] == [float(k) for k in range(13)]
+    assert [r["end"] for r in rows] == [float(k) for k in range(1, 13)] + [12.5]
+    np.testing.assert_allclose(
+        [list(r["probabilities"].values()) for r in rows], np.exp(result.segment_logprobs),
+        atol=1e-6,
+    )
+
+
+# -- inputs not to be trusted, outputs not to be lost --------------------------------------------
+
+@pytest.fixture(scope="module")
+def streaming_predictor(trained):
+    """The tiny run's fold 0, 1 s segments, recordings over 2 s read in windows."""
+    from msjax.predict import Predictor
+
+    return Predictor(trained / "fold_00", batch_size=4, window_seconds=2.0)
+
+
+def _predicted(predictor, paths: list[Path]) -> dict[str, dict]:
+    from msjax.predict import predict
+
+    records = {Path(r["path"]).name: r for r in predict(predictor, paths)}
+    for record in records.values():
+        assert record["label"] == max(record["probabilities"], key=record["probabilities"].get)
+    return records
+
+
+def test_a_clip_under_a_quarter_segment_is_predicted_with_a_warning(streaming_predictor,
+                                                                    tmp_path):
+    """Segments of 1 s: 0.2 s is flagged, 0.3 s is not (the threshold, 0.25 s, between)."""
+    paths = [_write(tmp_path / "short.wav", 0.2), _write(tmp_path / "enough.wav", 0.3, seed=1)]
+    records = _predicted(streaming_predictor, paths)
+    short = records["short.wav"]
+    assert short["status"] == "warning"
+    assert short["error"] == (
+        f"{paths[0]}: only 0.2 s of audio, under 0.25 s (0.25 of the model's 1 s segment): "
+        "the prediction rests mostly on padding"
+    )
+    assert records["enough.wav"]["status"] == "ok" and "error" not in records["enough.wav"]
+
+
+def test_silent_input_is_predicted_with_a_warning(streaming_predictor, tmp_path):
+    """Digital silence and noise at -70 dBFS RMS are flagged, -50 dBFS is not; the 3 s
+    files are read in two windows, the level is the whole file's."""
+    rng = np.random.default_rng(0)
+
+    def noise(name: str, dbfs: float) -> Path:
+        x = rng.standard_normal(3 * SR)
+        x *= 10 ** (dbfs / 20) / np.sqrt(np.mean(x**2))
+        sf.write(tmp_path / name, x.astype(np.float32), SR, subtype="FLOAT")
+        return tmp_path / name
+
+    sf.write(tmp_path / "zeros.wav", np.zeros(3 * SR, np.int16), SR)
+    paths = [tmp_path / "zeros.wav", noise("quiet.wav", -70.0), noise("low.wav", -50.0)]
+    records = _predicted(streaming_predictor, paths)
+    assert records["zeros.wav"]["status"] == "warning"
+    assert records["zeros.wav"]["error"] == (
+        f"{paths[0]}: digital silence (every sample is zero): the prediction is not of speech"
+    )
+    assert records["quiet.wav"]["status"] == "warning"
+    assert records["quiet.wav"]["error"] == (
+        f"{paths[1]}: near-silent (RMS -70 dBFS, under -60 dBFS): the prediction is not "
+        "of speech"
+    )
+    assert records["low.wav"]["status"] == "ok"
+
+
+def test_existing_outputs_are_refused_unless_overwrite(tmp_path):
+    """Checked before the checkpoint is loaded: refused, the file is as it was; with
+    --overwrite the run goes on (here to the missing checkpoint)."""
+    from msjax.errors import UsageError
+    from msjax.predict import check_output
+    from msjax.timeline import check_plots
+
+    out, rows, plots = tmp_path / "preds.csv", tmp_path / "rows.csv", tmp_path / "plots"
+    plots.mkdir()
+    for existing in (out, rows, plots / "clip.png"):
+        existing.write_text("earlier results\n")
+    args = ["--checkpoint=missing", "--input=clip.wav"]
+    done = run("predict", *args, f"--output={out}")
+    assert done.returncode == 2
+    assert done.stderr == f"error: --output={out}: exists; pass --overwrite to replace it\n"
+    assert out.read_text() == "earlier results\n"
+    with pytest.raises(UsageError, match=r"^--timeline=.*rows.csv: exists; pass --overwrite"):
+        check_output(rows, "--timeline", "the timeline")
+    with pytest.raises(UsageError, match=r"plots/clip.png exists; pass --overwrite to replace"):
+        check_plots([Path("clip.wav")], plots, overwrite=False)
+    done = run("predict", *args, f"--output={out}", f"--timeline={rows}",
+               f"--timeline_plot={plots}", "--overwrite")
+    assert done.returncode == 3 and done.stderr.startswith("error: missing: does not exist")
+
+
 def test_bad_flags_are_refused_before_any_work(tmp_path):
     from msjax.errors import UsageError
     from msjax.predict import Predictor, check_folder

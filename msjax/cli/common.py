@@ -4,7 +4,8 @@ The config file is chosen by `--dataset` (configs/<dataset>.py) unless
 `--config=path.py` is given; `--config.x=y` overrides any field, and the plain
 flags below, when given, override both.
 Exit codes: 0 success, 2 usage error, 3 data error, including damaged checkpoints
-and disks that cannot be written (one-line messages).
+and disks that cannot be written (one-line messages); 130 after SIGINT (Ctrl-C) and
+143 after SIGTERM, with one line saying what was kept (msjax.interrupts).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from msjax import progress, runtime
+from msjax import interrupts, progress, runtime
 from msjax.errors import DataError, MsjaxError, UsageError
 from msjax.validation import field_names, unknown_field_message
 
@@ -205,6 +206,7 @@ def run(main: Callable[[], int | None]) -> None:
     """absl app with one-line errors and msjax exit codes; the host memory policy
     (`runtime.configure_host_memory`) is set before JAX starts."""
     runtime.configure_host_memory()
+    interrupts.install()
 
     def wrapped(argv: list[str]) -> int | None:
         progress.configure(FLAGS.verbosity, FLAGS.quiet)
@@ -220,4 +222,9 @@ def run(main: Callable[[], int | None]) -> None:
             print(f"error: {where}{err.strerror or err}", file=sys.stderr)
             return DataError.exit_code
 
-    app.run(wrapped, flags_parser=_parse)
+    try:
+        app.run(wrapped, flags_parser=_parse)
+    except KeyboardInterrupt as err:  # absl lets it through; cleanup ran on the way out
+        interrupts.uninstall()  # a second signal while Python exits ends it at once
+        print(interrupts.line(), file=sys.stderr, flush=True)
+        sys.exit(interrupts.exit_code(err))

@@ -7,17 +7,21 @@
         --timeline=segments.csv --timeline_plot=plots/
 
 Rows are written as files are done. Bad files are reported with status "error" and
-do not stop the run (exit code 3 when any failed); a truncated WAV is predicted from
-what it holds, with status "warning". --checkpoint takes a fold directory, its
-best/ or best/<epoch>; its files are checked against the SHA-256 manifest saved
-with them (--allow_unverified loads one saved without a manifest, with a warning).
+do not stop the run (exit code 3 when any failed); a truncated WAV, a clip under a
+quarter of a segment and near-silent audio (RMS under -60 dBFS) are predicted with
+status "warning" and the reason (msjax.predict.input_warnings). An --output,
+--timeline or plot that exists is refused unless --overwrite is given. Interrupted
+(Ctrl-C, SIGTERM), the rows written so far stay whole. --checkpoint takes a fold
+directory, its best/ or best/<epoch>; its files are checked against the SHA-256
+manifest saved with them (--allow_unverified loads one saved without a manifest,
+with a warning).
 
 Segments of all files are packed into batches of --batch_size (one compiled program
 whatever the files' lengths), and recordings longer than --window_seconds are read
 window by window, so memory does not grow with a file's length. --timeline writes one
-row per segment (path, start, end, probabilities; CSV, or JSONL by suffix) and
---timeline_plot draws each file's segments as <folder>/<file name>.png (a repeated name
-gets -2, -3, ...). --compute_dtype=bfloat16 computes in bfloat16 with float32
+row per segment (path, start, end, probabilities; CSV, or JSONL by suffix) as segments
+are done, and --timeline_plot draws each file's segments as <folder>/<file name>.png (a
+repeated name gets -2, -3, ...). --compute_dtype=bfloat16 computes in bfloat16 with float32
 accumulation.
 """
 
@@ -28,6 +32,7 @@ from pathlib import Path
 
 from absl import flags
 
+from msjax import interrupts
 from msjax.cli import common
 from msjax.errors import DataError, UsageError
 
@@ -49,7 +54,18 @@ flags.DEFINE_string(
 )
 flags.DEFINE_string("timeline", None, "Also write one row per segment to this .csv or .jsonl.")
 flags.DEFINE_string("timeline_plot", None, "Folder for one PNG per file: emotions over time.")
+flags.DEFINE_bool(
+    "overwrite", False, "Replace an existing --output, --timeline or --timeline_plot PNG "
+    "(refused otherwise)."
+)
 FLAGS = flags.FLAGS
+
+
+def _kept(done: int, total: int, out: Path | None) -> None:
+    """What an interrupt leaves (msjax.interrupts): the rows of the files done."""
+    where = f" (their rows are in {out})" if out else ""
+    again = "rerun with --overwrite" if out else "rerun"
+    interrupts.kept(f"after {done} of {total} files{where}", f"{again} to predict them all")
 
 
 def main() -> int:
@@ -62,19 +78,20 @@ def main() -> int:
         expand_inputs,
         predict_files,
     )
-    from msjax.timeline import TimelineOutput
+    from msjax.timeline import TimelineOutput, check_plots
 
     if not FLAGS.checkpoint or not FLAGS.input:
         raise UsageError("--checkpoint and --input are required")
     out = Path(FLAGS.output) if FLAGS.output else None
     timeline = Path(FLAGS.timeline) if FLAGS.timeline else None
     plots = Path(FLAGS.timeline_plot) if FLAGS.timeline_plot else None
-    check_output(out)
-    check_output(timeline, "--timeline", "the timeline")
+    check_output(out, overwrite=FLAGS.overwrite)
+    check_output(timeline, "--timeline", "the timeline", overwrite=FLAGS.overwrite)
     check_folder(plots, "--timeline_plot", "timeline plots")
     paths = expand_inputs(FLAGS.input)
     if not paths:
         raise DataError(f"{', '.join(FLAGS.input)}: no audio files found")
+    check_plots(paths, plots, FLAGS.overwrite)
     predictor = Predictor(
         FLAGS.checkpoint, FLAGS.allow_unverified,
         batch_size=FLAGS.batch_size, window_seconds=FLAGS.window_seconds,
@@ -85,10 +102,13 @@ def main() -> int:
                               predictor.feature_cfg.segment_seconds)
     bar = progress.bar(total=len(paths), desc="predict", unit="file")
     failed, hours = 0, 0.0
+    _kept(0, len(paths), out)
+    results = predict_files(predictor, paths, on_segments=segments.add_segments)
     try:
-        for index, result in enumerate(predict_files(predictor, paths)):
+        for index, result in enumerate(results):
             record = result.record
             writer.write(record)
+            _kept(index + 1, len(paths), out)
             segments.add(index, result)
             if record["status"] != "ok":
                 bar.write(f"{record['status']}: {record['error']}", file=sys.stderr)
@@ -97,6 +117,7 @@ def main() -> int:
             bar.update()
             bar.set_postfix_str(f"{hours:.2f} h of audio", refresh=False)
     finally:
+        results.close()  # ends the thread reading ahead, also when interrupted
         bar.close()
         writer.close()
         segments.close()

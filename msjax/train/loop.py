@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from msjax import checkpoint, distributed, inference, progress, runtime, timing
+from msjax import checkpoint, distributed, inference, interrupts, progress, runtime, timing
 from msjax import metrics as M
 from msjax.errors import DataError
 from msjax.train.pipeline import Entry, FeatureStore, device_batch, iterate_batches, prefetch
@@ -132,6 +132,24 @@ class FoldRunner:
         accuracy = sum(float(m["correct"]) for m in host) / count
         return state, loss, accuracy
 
+    @staticmethod
+    def _save_epoch(fold_dir: Path, fold: int, epoch: int, state: dict, loop: dict, val: dict,
+                    score: float, metadata: dict) -> None:
+        """Updates `loop` for `epoch` and saves it: best/ when the score improved, then
+        latest/ (the resume point)."""
+        if score > loop["best_score"]:
+            loop.update(best_score=score, best_epoch=epoch, bad_epochs=0)
+            variables = {"params": state["params"], "norm": state["norm"]}
+            meta = dict(metadata, epoch=epoch, val_wa=val["wa"], val_ua=val["ua"])
+            with timing.section("checkpoint"):
+                checkpoint.save_best(fold_dir, epoch, variables, meta)
+        else:
+            loop["bad_epochs"] += 1
+        loop["epoch"] = epoch
+        with timing.section("checkpoint"):
+            checkpoint.save_latest(fold_dir, epoch, state, loop)
+        interrupts.kept(f"after fold {fold} epoch {epoch} ({fold_dir})")
+
     def run(
         self,
         fold_dir: Path,
@@ -151,6 +169,7 @@ class FoldRunner:
         restored = checkpoint.restore_latest(fold_dir, checkpoint.abstract_like(state))
         if restored is not None:
             state, loop = restored
+            interrupts.kept(f"after fold {fold} epoch {loop['epoch']} ({fold_dir})")
             log.info("fold %d: resuming after epoch %d", fold, loop["epoch"])
         while loop["epoch"] < self.num_epochs and loop["bad_epochs"] < self.patience:
             epoch = loop["epoch"] + 1
@@ -173,17 +192,9 @@ class FoldRunner:
                 {"epoch": epoch, "loss": loss, "train_acc": accuracy, "val_wa": val["wa"],
                  "val_ua": val["ua"]}
             )
-            if score > loop["best_score"]:
-                loop.update(best_score=score, best_epoch=epoch, bad_epochs=0)
-                variables = {"params": state["params"], "norm": state["norm"]}
-                meta = dict(metadata, epoch=epoch, val_wa=val["wa"], val_ua=val["ua"])
-                with timing.section("checkpoint"):
-                    checkpoint.save_best(fold_dir, epoch, variables, meta)
-            else:
-                loop["bad_epochs"] += 1
-            loop["epoch"] = epoch
-            with timing.section("checkpoint"):
-                checkpoint.save_latest(fold_dir, epoch, state, loop)
+            # A signal arriving while the epoch is saved ends the run once it is saved.
+            with interrupts.deferred():
+                self._save_epoch(fold_dir, fold, epoch, state, loop, val, score, metadata)
             progress.line(
                 "fold %d epoch %d: loss %.4f acc %.3f val WA %.4f UA %.4f (%.1f s)%s", fold,
                 epoch, loss, accuracy, val["wa"], val["ua"], time.perf_counter() - start,

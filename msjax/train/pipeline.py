@@ -22,7 +22,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from msjax import progress
+from msjax import interrupts, progress
 from msjax.cache import FeatureCache, audio_hash
 from msjax.data.records import Dataset, Utterance
 from msjax.feature_pool import iter_file_features
@@ -109,17 +109,26 @@ class FeatureStore:
             else:
                 self._add(utt, label_ids[utt.label], acoustic, digest)
         computed = iter_file_features([u.path for u, _ in todo], self.cfg, workers=self.workers)
+        total = len(dataset.utterances)
+        self._kept("features", total - len(todo), total)
         with progress.bar(desc="features", total=len(todo), unit="utt") as shown:
-            for (utt, digest), (wav, feats) in zip(todo, computed):
+            for done, ((utt, digest), (wav, feats)) in enumerate(zip(todo, computed), 1):
                 segments = segment(wav, feats, self.cfg)
                 acoustic = {"mfcc": segments.mfcc, "spec": segments.spec}
                 self._put("wav", digest, {"wav": segments.wav})
                 self._put("acoustic", digest, acoustic)
                 self._add(utt, label_ids[utt.label], acoustic, digest)
+                self._kept("features", total - len(todo) + done, total)
                 shown.update()
         if self.encoder is not None:
             self._prepare_ssl([self._entries[u.uid] for u in dataset.utterances])
         return {u.uid: self._entries[u.uid] for u in dataset.utterances}
+
+    def _kept(self, what: str, cached: int, total: int) -> None:
+        """Tells msjax.interrupts how much of the cache a rerun finds filled."""
+        if self.cache.enabled:
+            interrupts.kept(f"with the {what} of {cached} of {total} utterances cached "
+                            f"in {self.cache.root}")
 
     def _add(self, utt: Utterance, label: int, acoustic: dict, digest: str) -> None:
         self._entries[utt.uid] = Entry(utt.uid, label, int(acoustic["mfcc"].shape[0]), digest)
@@ -127,9 +136,12 @@ class FeatureStore:
     def _prepare_ssl(self, entries: Sequence[Entry]) -> None:
         todo = [e for e in entries if self._get("ssl", e) is None]
         groups = _groups(todo, 4 * self.encoder.extract_batch_size)
+        cached = len(entries) - len(todo)
         with progress.bar(desc="SSL features", total=len(todo), unit="utt") as shown:
             for group in groups:
                 self._extract_group(group)
+                cached += len(group)
+                self._kept("SSL features", cached, len(entries))
                 shown.update(len(group))
 
     def _extract_group(self, group: Sequence[Entry]) -> None:

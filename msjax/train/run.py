@@ -29,7 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from msjax import distributed, inference, lock, progress, report, timing
+from msjax import distributed, inference, interrupts, lock, progress, report, timing
 from msjax import metrics as M
 from msjax.audio import wav_header_problem
 from msjax.cache import FeatureCache, audio_hash
@@ -440,6 +440,7 @@ def _train_folds(
     for fold in run_folds:
         for seed, run_dir in run_dirs(workdir, fold.index, config):
             if (run_dir / "result.json").exists():
+                interrupts.kept(f"after fold {fold.index} finished ({run_dir})")
                 continue
             with _main_holds(run_dir):
                 params = setup.init_params(
@@ -451,6 +452,7 @@ def _train_folds(
                     dataclasses.replace(runner, seed=seed), run_dir, fold, entries, params, tx,
                     metadata, labels, weights,
                 )
+            interrupts.kept(f"after fold {fold.index} finished ({run_dir})")
             progress.line(
                 "fold %d seed %d (test %s): WA %.4f UA %.4f F1 %.4f, best epoch %d (%.0f s)",
                 fold.index, seed, ",".join(fold.test_speakers) or "-", result["wa"],
