@@ -8,7 +8,7 @@ What it measures
 
       msjax:   msjax.models.ssl.SSLEncoder loaded with msjax.convert.hf.load_ssl; the whole
                forward is one jax.jit (a single XLA program), in a process with the bin/
-               commands' host memory policy (msjax.runtime.configure_host_memory).
+               commands' XLA flags and host memory policy (msjax.runtime.configure).
       PyTorch: transformers.Wav2Vec2Model in eval mode under torch.inference_mode
                (its default SDPA attention).
 
@@ -174,7 +174,7 @@ class MsjaxRunner:
         from msjax import runtime
         from msjax.convert.hf import load_ssl
 
-        runtime.configure_host_memory()  # as the bin/ commands do, before JAX starts
+        runtime.configure()  # as the bin/ commands do, before JAX starts
         if opts["platform"] == "gpu" and opts["dtype"] == "float32":
             jax.config.update("jax_default_matmul_precision", "highest")
         self.jax, self.jnp = jax, jnp

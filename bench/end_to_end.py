@@ -82,8 +82,10 @@ FLAGS = flags.FLAGS
 def child(config_json: str, workdir: str) -> None:
     """Runs one timed cross-validation and prints its timings as JSON."""
     start = time.perf_counter()
-    from msjax import timing
+    from msjax import runtime, timing
     from msjax.train import run
+
+    runtime.configure()  # as bin/train does, before JAX starts
 
     config = ml_collections.ConfigDict(json.loads(Path(config_json).read_text()))
     with timing.recording({}) as totals:

@@ -123,6 +123,9 @@ def main(argv: list[str]) -> None:
     config = FLAGS.config
     if "optim.patience" not in config_flags.get_override_values(FLAGS["config"]):
         config.optim.patience = config.optim.num_epochs
+    from msjax import runtime
+
+    runtime.configure()  # as bin/train does, before JAX starts
     workdir = Path(FLAGS.workdir or tempfile.mkdtemp(prefix="msjax-learning-"))
     rows = []
     for system in FLAGS.systems:

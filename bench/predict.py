@@ -8,7 +8,7 @@ What it measures
     per wall-clock second over the whole folder, decoding and features included.
 
       msjax:   `msjax.predict.Predictor` + `predict_files`, what bin/predict runs (with
-               its host memory policy, `msjax.runtime.configure_host_memory`): the
+               its XLA flags and host memory policy, `msjax.runtime.configure`): the
                segments of consecutive files packed into batches of --batch-size (one
                compiled program: encoder and head in one jax.jit), a thread decoding
                and computing features ahead of the model, long files read in windows.
@@ -155,7 +155,7 @@ class MsjaxRunner:
         from msjax import runtime
         from msjax.predict import Predictor, predict_files
 
-        runtime.configure_host_memory()  # as bin/predict does, before JAX starts
+        runtime.configure()  # as bin/predict does, before JAX starts
 
         self.predict_files = predict_files
         self.predictor = Predictor(

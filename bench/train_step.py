@@ -15,8 +15,8 @@ cross-entropy loss and an Adam update. Two workloads (`--mode`):
 
   msjax    the training code itself: `msjax.train.steps.make_steps` (jitted, state
            donated) on the model `msjax.inference.build_model` builds, and a state
-           from `create_state`, in a process with bin/train's host memory policy
-           (`msjax.runtime.configure_host_memory`, free memory released after
+           from `create_state`, in a process with bin/train's XLA flags and host memory policy
+           (`msjax.runtime.configure`, free memory released after
            compiling); `--dtype=bfloat16` is its mixed precision (bf16 compute, f32
            master weights).
   PyTorch  the same network written below with torch.nn (torchvision's AlexNet layers,
@@ -472,7 +472,7 @@ def serve(framework: str) -> None:
     if framework != "torch":
         from msjax import runtime
 
-        runtime.configure_host_memory()  # as the bin/ commands do, before JAX starts
+        runtime.configure()  # as the bin/ commands do, before JAX starts
     config = ml_collections.ConfigDict(json.loads(sys.stdin.readline()))
     if framework == "torch":
         step, peak_mib, facts = setup_torch(config)

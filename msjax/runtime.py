@@ -1,9 +1,13 @@
-"""Process settings msjax runs fastest with: XLA flags, applied when msjax is imported,
-and the C allocator's policy for host buffers, applied by the bin/ commands.
+"""Process settings msjax runs fastest with: XLA flags and the C allocator's policy for
+host buffers. `configure()` applies both; the bin/ commands and bench/ scripts call it
+first thing, and importing msjax changes nothing, so a library user opts in the same way:
+
+    from msjax import runtime
+    runtime.configure()  # before the first JAX computation
 
 XLA reads the XLA_FLAGS environment variable once, when JAX first starts a backend,
-so these only take effect if msjax is imported before the first JAX computation (as
-every bin/ command and bench/ script does). They change speed, never results.
+so the flags only take effect if set before the first JAX computation. They change
+speed, never results.
 
 On a CPU, JAX 0.10 hands convolutions to YNNPACK by default. For the convolutions of
 this model, XLA's own (Eigen) kernels are faster, forward and backward (measured in
@@ -42,6 +46,19 @@ OPT_OUT = "MSJAX_XLA_DEFAULTS"
 MEMORY_OPT_OUT = "MSJAX_HOST_MEMORY"
 # glibc mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+
+
+def configure(environ: MutableMapping[str, str] | None = None) -> dict[str, object]:
+    """Applies msjax's XLA flags (`apply_xla_defaults`) and host memory policy
+    (`configure_host_memory`) to this process; call it before JAX starts a backend.
+
+    Returns:
+        {"xla_flags": the flags added, "host_memory": whether the policy was applied}.
+    """
+    return {
+        "xla_flags": apply_xla_defaults(environ),
+        "host_memory": configure_host_memory(environ),
+    }
 
 
 def apply_xla_defaults(environ: MutableMapping[str, str] | None = None) -> list[str]:

@@ -1,6 +1,11 @@
 """Shared test helpers: fast compilation, the real-data folder, a tiny run configuration
 and one trained workdir.
 
+One persistent XLA compilation cache serves the whole session, this process and every
+command the tests start (they inherit its environment): the tiny runs compile the same
+programs again and again, and a cached program is read instead (results are unchanged,
+the cache holds the compiled executables of identical programs).
+
 The end-to-end runs use the embedded synthetic corpus at a tiny size (3 speakers, 2
 utterances per emotion, 1 s segments, a tiny random encoder, small images) with
 2 stratified folds and 2 epochs, so a run takes well under a minute.
@@ -10,17 +15,54 @@ import functools
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
 import ml_collections
 import pytest
 
+from msjax import runtime
+
 REPO = Path(__file__).resolve().parents[1]
 # Real corpora for the tests: ../shared/data beside the repository, or $MSJAX_TEST_DATA.
 TEST_DATA = Path(os.environ.get("MSJAX_TEST_DATA") or REPO.parent / "shared" / "data")
+
+
+# jax's persistent cache settings, as environment variables so the commands inherit them.
+# A size limit turns on the cache's file lock, which concurrent processes need (a
+# reader could otherwise see a half-written entry).
+_COMPILATION_CACHE = {
+    "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    "JAX_COMPILATION_CACHE_MAX_SIZE": str(4 << 30),
+}
+_CACHE_KEY = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Sets msjax's XLA flags as the commands do (before JAX starts; the commands the
+    tests run inherit them) and opens the session's compilation cache (pytest-xdist
+    workers share their controller's, inherited in JAX_COMPILATION_CACHE_DIR)."""
+    runtime.apply_xla_defaults()
+    if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return
+    directory = tempfile.mkdtemp(prefix="msjax-xla-cache-")
+    config.stash[_CACHE_KEY] = directory
+    os.environ.update(_COMPILATION_CACHE, JAX_COMPILATION_CACHE_DIR=directory)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    jax.config.update("jax_compilation_cache_max_size", 4 << 30)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    directory = config.stash.get(_CACHE_KEY, None)
+    if directory:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def shared_corpus(name: str) -> Path:

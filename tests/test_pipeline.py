@@ -1,6 +1,5 @@
 """FeatureStore preparation (parallel, resumable) and fixed-shape batching."""
 
-import sys
 
 import numpy as np
 import pytest
@@ -10,7 +9,7 @@ from msjax.data import load_dataset
 from msjax.data.synthetic import generate_corpus
 from msjax.errors import AudioError
 from msjax.features import FeatureConfig
-from msjax.train.pipeline import FeatureStore, iterate_batches, limit_malloc_arenas
+from msjax.train.pipeline import FeatureStore, iterate_batches
 
 CFG = FeatureConfig(segment_seconds=1.0)
 
@@ -53,9 +52,3 @@ def test_batches_have_one_shape_and_mask_the_padding(corpus, tmp_path):
         assert not batch["mfcc"][len(uids):].any()
     seen = sorted(u for _, uids in batches for u in uids)
     assert seen == sorted(e.uid for e in entries for _ in range(e.num_segments))
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_malloc_arena_cap_is_accepted_by_glibc():
-    # mallopt returns 1 when glibc takes the setting; 8 is glibc's own default order.
-    assert limit_malloc_arenas(8) is True

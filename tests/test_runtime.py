@@ -1,5 +1,5 @@
-"""The XLA flags msjax sets on import (added once, never over a user's choice) and the
-host memory policy of the bin/ commands."""
+"""The XLA flags and host memory policy `runtime.configure` sets for the bin/ commands
+(flags added once, never over a user's choice), and that importing msjax sets nothing."""
 
 import os
 import resource
@@ -44,9 +44,9 @@ def test_untested_jax_gets_nothing(monkeypatch):
     assert env == {}
 
 
-def test_importing_msjax_sets_a_flag_this_jax_accepts():
+def test_configure_sets_a_flag_this_jax_accepts():
     code = (
-        "import os, msjax, jax.numpy as jnp; "
+        "import os; from msjax import runtime; runtime.configure(); import jax.numpy as jnp; "
         "print(float(jnp.ones(3).sum())); print(os.environ['XLA_FLAGS'])"
     )
     env = {"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}
@@ -57,6 +57,44 @@ def test_importing_msjax_sets_a_flag_this_jax_accepts():
     total, flags = result.stdout.split("\n")[:2]
     assert total == "3.0"
     assert f"{FLAG}=-individual_convolution" in flags
+
+
+# A fresh process importing every msjax module: records each C symbol looked up through
+# ctypes (the allocator is set with glibc's mallopt) and compares the environment.
+_IMPORT_ALL = r"""
+import importlib, os, pkgutil, sys
+
+looked_up = []
+sys.addaudithook(lambda event, args: looked_up.append(args[1]) if event == "ctypes.dlsym" else None)
+# jax and scikit-learn set variables of their own when imported: msjax must add none.
+import jax._src.xla_bridge as xla_bridge
+import sklearn
+
+before = dict(os.environ)
+import msjax
+
+# The commands' modules each define their absl flags: one of them stands for all.
+names = [m.name for m in pkgutil.walk_packages(msjax.__path__, "msjax.")
+         if not m.name.startswith("msjax.cli.") or m.name == "msjax.cli.train"]
+for name in names:
+    importlib.import_module(name)
+changed = sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k))
+print(len(names), changed, sorted(set(map(str, looked_up))), xla_bridge.backends_are_initialized())
+"""
+
+
+def test_importing_msjax_changes_nothing_in_the_process():
+    # A notebook user's JAX must stay as they set it up: no XLA flag, no allocator
+    # setting, no backend started (which would fix XLA_FLAGS) by importing any module.
+    env = {"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu", "HOME": os.environ["HOME"]}
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORT_ALL], capture_output=True, text=True, env=env,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    count, rest = result.stdout.split(" ", 1)
+    assert int(count) > 50  # every module was imported
+    assert rest.strip() == "[] [] False"
 
 
 # A child process: the allocator policy is process-wide, and a thread other than the
@@ -125,11 +163,11 @@ def test_host_memory_opt_out():
     assert runtime.configure_host_memory({runtime.MEMORY_OPT_OUT: "0"}) is False
 
 
-def test_commands_set_the_policy_before_their_main(monkeypatch):
+def test_commands_configure_the_process_before_their_main(monkeypatch):
     from msjax.cli import common
 
     calls = []
-    monkeypatch.setattr(runtime, "configure_host_memory", lambda: calls.append("policy"))
+    monkeypatch.setattr(runtime, "configure", lambda: calls.append("policy"))
     monkeypatch.setattr(sys, "argv", ["prog"])
     with pytest.raises(SystemExit) as exit_:
         common.run(lambda: calls.append("main") or 0)

@@ -203,9 +203,9 @@ def _parse(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[], int | None]) -> None:
-    """absl app with one-line errors and msjax exit codes; the host memory policy
-    (`runtime.configure_host_memory`) is set before JAX starts."""
-    runtime.configure_host_memory()
+    """absl app with one-line errors and msjax exit codes; msjax's XLA flags and host
+    memory policy (`runtime.configure`) are set before JAX starts."""
+    runtime.configure()
     interrupts.install()
 
     def wrapped(argv: list[str]) -> int | None:

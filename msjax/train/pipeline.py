@@ -11,8 +11,6 @@ is bounded by the batch, not by the dataset.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import dataclasses
 import queue
 import threading
@@ -293,24 +291,6 @@ def prefetch(iterator: Iterator, size: int = 2) -> Iterator:
         if isinstance(item, BaseException):
             raise item
         yield item
-
-
-_M_ARENA_MAX = -8  # glibc's mallopt parameter number
-
-
-def limit_malloc_arenas(count: int = 2) -> bool:
-    """Caps glibc's malloc arenas for the threads created from now on.
-
-    By default glibc may give each new thread a heap arena of its own, and every
-    epoch starts a new `prefetch` thread whose batch buffers the main thread frees:
-    over a 10-fold EMODB run resident memory then grew by about 50 MB per fold, with
-    a cap it stays flat. Returns False where the C library has no `mallopt`.
-    """
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        return bool(libc.mallopt(_M_ARENA_MAX, count))
-    except (OSError, AttributeError, TypeError):
-        return False
 
 
 def device_batch(

@@ -45,7 +45,7 @@ from msjax.image import fit_minmax
 from msjax.summary import finished_runs, read_json, results_line, run_dirs, write_summary
 from msjax.train import setup
 from msjax.train.loop import FoldRunner
-from msjax.train.pipeline import FeatureStore, cache_root, limit_malloc_arenas
+from msjax.train.pipeline import FeatureStore, cache_root
 from msjax.train.steps import create_state, make_mesh, make_steps
 from msjax.train.tsne import write_tsne
 from msjax.validation import check_config
@@ -386,7 +386,6 @@ def _train_folds(
     config, workdir: Path, dataset: Dataset, folds, encoder, alexnet: dict | None, start: float
 ) -> dict:
     """train_and_evaluate's work once the workdir is checked and locked."""
-    limit_malloc_arenas()  # memory stays flat across folds and epochs
     labels = dataset.labels
     feature_cfg = FeatureConfig(**config.features)
     cache = FeatureCache(cache_root(config.cache_dir, workdir), enabled=config.use_cache)
