@@ -4,6 +4,7 @@ Loads the dataset, writes the folds, fills the feature cache, trains each fold
 (skipping finished ones, resuming a killed one) and writes the reports:
 
   workdir/config.json        the resolved config
+  workdir/inputs.json        every clip's SHA-256, label and path; the encoder's identity
   workdir/folds.json         every fold's membership and class counts
   workdir/fold_XX/           checkpoints, result.json, predictions.csv, confusion.csv
                              (in fold_XX/seed_<seed>/ with config.seeds > 1: msjax.summary)
