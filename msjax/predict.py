@@ -96,15 +96,19 @@ class Predictor:
         segments = max(1, round(window_seconds / self.feature_cfg.segment_seconds))
         self.window = segments * self.feature_cfg.segment_samples
         variables = checkpoint.restore_best(best_dir, None)
-        loaded = self._encoder(meta["ssl"], variables["params"])
         finetune = meta["ssl"]["finetune"]
         dtype = inference.COMPUTE_DTYPES[compute_dtype]
-        model = inference.with_compute_dtype(
-            inference.build_model(
+        try:
+            loaded = self._encoder(meta["ssl"], variables["params"])
+            network = inference.build_model(
                 meta["model"], len(self.labels), self.feature_cfg, loaded, finetune
-            ),
-            dtype,
-        )
+            )
+        except (KeyError, TypeError, ValueError) as err:  # a field it lacks, or a bad value
+            raise CheckpointError(
+                f"{best_dir}: its model or encoder config is not msjax's "
+                f"({type(err).__name__}: {err})"
+            ) from None
+        model = inference.with_compute_dtype(network, dtype)
         # Weights cast to the compute dtype here, once, rather than in every batch;
         # the spectrogram statistics ("norm") stay float32.
         self.variables = jax.tree.map(jnp.asarray, variables)

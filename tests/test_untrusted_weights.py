@@ -682,13 +682,21 @@ META = dict(labels=["a", "b"], features={}, image_size=[2, 2], model={}, ssl=SSL
         (dict(labels=["a", "a"], model=[]), "model, labels"),
         (dict(labels=[1], ssl=dict(SSL_META, seed="0", config=None)), "ssl.seed, ssl.config, lab"),
         (dict(features={"bogus": 1}), None),
+        (dict(ssl=dict(SSL_META, finetune=True)), "encoder"),
+        (dict(model={"use_attention": True}, ssl=dict(SSL_META, finetune=True)), "model"),
     ],
-    ids=["types", "values", "ssl fields", "feature config"],
+    ids=["types", "values", "ssl fields", "feature config", "no encoder", "model config"],
 )
 def test_checkpoint_metadata_is_checked_before_use(tmp_path, change, wrong):
-    checkpoint.save_best(tmp_path, 1, {"params": {"w": jnp.ones(3)}}, dict(META, **change))
+    params = {"w": jnp.ones(3)}
+    if wrong == "model":  # a fine-tuned encoder's weights are there; the head's config is not
+        params["encoder"] = {"b": jnp.ones(2)}
+    checkpoint.save_best(tmp_path, 1, {"params": params}, dict(META, **change))
     if wrong is None:
         match = "its feature config is not msjax's .*bogus"
+    elif wrong in ("encoder", "model"):
+        missing = "'encoder'" if wrong == "encoder" else "'use_mfcc'"
+        match = f"best/1: its model or encoder config is not msjax's \\(KeyError: {missing}\\)"
     else:
         match = f"best/1: its metadata has wrong fields: {wrong}"
     with pytest.raises(CheckpointError, match=match):
