@@ -616,7 +616,7 @@ def test_disk_filling_up_during_an_orbax_write_is_one_line(trained, tmp_path):
                     "util-linux)")
     probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, text=True)
     if probe.returncode:
-        unavailable(f"a disk filling up mid-write needs a private mount namespace; "
+        unavailable("a disk filling up mid-write needs a private mount namespace; "
                     f"`unshare -rm true` failed: {probe.stderr.strip()} (user namespaces "
                     "disabled, or not root)")
     mnt = tmp_path / "small"
