@@ -65,15 +65,20 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def unavailable(message: str) -> None:
+    """Skips the test for want of what `message` names, except under CI (CI=true), where
+    everything a test needs is provided and a missing piece fails it."""
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def shared_corpus(name: str) -> Path:
     """The real corpus `name` under TEST_DATA. Missing, its tests skip with the place it
-    is expected, except under CI (CI=true), where a missing corpus fails them."""
+    is expected (`unavailable`)."""
     path = TEST_DATA / name
     if not path.is_dir():
-        message = f"{path} not found (set MSJAX_TEST_DATA to the folder holding {name}/)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable(f"{path} not found (set MSJAX_TEST_DATA to the folder holding {name}/)")
     return path
 
 

@@ -105,7 +105,7 @@ class TorchEmoBoost(nn.Module):
     def forward(self, audio_spec, audio_mfcc, audio_wav, masks=None):
         self.masks = None if masks is None else dict(masks)
         logits = self._forward(audio_spec, audio_mfcc, audio_wav)
-        assert not self.masks, f"masks no dropout used: {sorted(self.masks)}"
+        assert not self.masks, f"masks that no dropout used: {sorted(self.masks)}"
         return logits
 
     def _dropout(self, name, x, rate):

@@ -37,6 +37,7 @@ from conftest import (
     ok,
     run,
     tiny_config,
+    unavailable,
 )
 
 from configs import synthetic
@@ -651,8 +652,14 @@ def test_disk_filling_up_during_an_orbax_write_is_one_line(trained, tmp_path):
     """A real full disk, mid-write: a 20 MB tmpfs in a private mount namespace (unshare;
     no root needed where user namespaces are allowed) holds the best checkpoint, not the
     resume one, and the check of free space before a save is switched off."""
-    if not shutil.which("unshare") or subprocess.run(["unshare", "-rm", "true"]).returncode:
-        pytest.skip("cannot mount a private tmpfs here (unshare -rm fails)")
+    if not shutil.which("unshare"):
+        unavailable("a disk filling up mid-write needs the unshare command (Debian package "
+                    "util-linux)")
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True, text=True)
+    if probe.returncode:
+        unavailable("a disk filling up mid-write needs a private mount namespace; "
+                    f"`unshare -rm true` failed: {probe.stderr.strip()} (user namespaces "
+                    "disabled, or not root)")
     mnt = tmp_path / "small"
     mnt.mkdir()
     workdir = mnt / "run"
@@ -688,17 +695,21 @@ def test_unwritable_workdir_is_one_line(tmp_path):
 
 
 @pytest.fixture
-def mount(tmp_path):
-    """Mounts a tmpfs of the given size and options (needs root; skipped otherwise)."""
+def mount(tmp_path, request):
+    """Mounts a tmpfs of the given size and options (needs root and the mount command;
+    `unavailable` otherwise, naming what is missing)."""
     mounted = []
 
     def make(name: str, options: str) -> Path:
         target = tmp_path / name
         target.mkdir()
+        if not shutil.which("mount"):
+            unavailable(f"{request.node.name} needs the mount command (Debian package mount)")
         done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
-                              capture_output=True)
+                              capture_output=True, text=True)
         if done.returncode:
-            pytest.skip("cannot mount a tmpfs here (needs root)")
+            unavailable(f"{request.node.name} mounts a tmpfs; mount failed: "
+                        f"{done.stderr.strip()} (needs root, or CAP_SYS_ADMIN in a container)")
         mounted.append(target)
         return target
 

@@ -233,6 +233,7 @@ def test_train_without_network_stops_before_feature_work(tmp_path):
             sf.write(tmp_path / f"{speaker}{emotion}.wav", np.zeros(1600), 16000)
             lines.append(f"{speaker}{emotion}.wav,{emotion},{speaker}")
     (tmp_path / "list.csv").write_text("\n".join(lines))
+    inputs = [p.name for p in tmp_path.iterdir()]
     dead = "http://127.0.0.1:9"
     env = cpu_env(https_proxy=dead, http_proxy=dead, MSJAX_CACHE_DIR=str(tmp_path / "weights"))
     done = run(
@@ -240,8 +241,10 @@ def test_train_without_network_stops_before_feature_work(tmp_path):
         f"--workdir={tmp_path / 'run'}", "--ssl=random:tiny", timeout=300, env=env,
     )
     assert done.returncode == 3, done.stderr
-    last = done.stderr.strip().splitlines()[-1]
+    *before, last = done.stderr.strip().splitlines()
+    assert not [line for line in before if "feature" in line], before  # none prepared
     assert last.startswith(f"error: {download.ALEXNET_URL}: download failed (")
     assert "bin/port_alexnet" in last
     assert list((tmp_path / "weights").iterdir()) == []
-    assert not (tmp_path / "run" / "cache").exists()
+    # Nothing written: no workdir (so no cache, no features, no run files).
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(inputs + ["weights"])
