@@ -48,11 +48,13 @@ def test_a_signal_during_a_checkpoint_save_waits_for_its_manifest(tmp_path, monk
 
     monkeypatch.setattr(checkpoint, "_sha256", hashing)
     variables = {"params": {"w": np.arange(64, dtype=np.float32)}}
+    ssl = dict(name="x", identity="y", normalize=True, finetune=False, seed=0, config={})
+    metadata = dict(labels=["a"], features={}, image_size=[2, 2], model={}, ssl=ssl)
     with pytest.raises(Interrupted) as raised:
-        checkpoint.save_best(tmp_path, 1, variables, {"labels": ["a"]})
+        checkpoint.save_best(tmp_path, 1, variables, metadata)
     assert sent and raised.value.exit_code == 130
     step_dir, meta = checkpoint.load_metadata(tmp_path)  # the manifest is there and matches
-    assert step_dir == tmp_path / "best" / "1" and meta == {"labels": ["a"]}
+    assert step_dir == tmp_path / "best" / "1" and meta == metadata
     restored = checkpoint.restore_best(step_dir, checkpoint.abstract_like(variables))
     np.testing.assert_array_equal(restored["params"]["w"], variables["params"]["w"])
 
