@@ -69,7 +69,11 @@ def _train(prepared, tmp_path, shuffle: bool) -> float:
         batch_size=16, eval_batch_size=32, num_epochs=EPOCHS, patience=EPOCHS, seed=SEED,
         data_sharding=data_sharding(mesh), num_classes=len(dataset.labels),
     )
-    metadata = {"labels": list(dataset.labels)}  # what a checkpoint must carry to be restored
+    # The fields a checkpoint must carry to be restored (checkpoint.load_metadata checks them).
+    ssl = dict(name=encoder.name, identity=encoder.identity, normalize=encoder.normalize,
+               finetune=False, seed=SEED, config={})
+    metadata = dict(labels=list(dataset.labels), features={}, image_size=list(IMAGE), model={},
+                    ssl=ssl)
     out = runner.run(tmp_path / ("shuffled" if shuffle else "true"), 0, state, splits, metadata)
     return out["test"]["ua"]
 
