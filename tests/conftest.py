@@ -11,6 +11,7 @@ utterances per emotion, 1 s segments, a tiny random encoder, small images) with
 2 stratified folds and 2 epochs, so a run takes well under a minute.
 """
 
+import csv
 import functools
 import json
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import jax
 import ml_collections
+import numpy as np
 import pytest
 
 from msjax import runtime
@@ -217,6 +219,26 @@ def run(
 def ok(done: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert done.returncode == 0, done.stderr[-4000:]
     return done
+
+
+def predicts_as_recorded(
+    workdir: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> None:
+    """bin/predict on fold 0's checkpoint gives, for the first utterance of its
+    predictions.csv, the label and probabilities the run recorded (within 1e-4)."""
+    fold = workdir / "fold_00"
+    with open(fold / "predictions.csv") as f:
+        row = next(csv.DictReader(f))
+    clip = workdir / "corpus" / "wav" / f"{row['uid']}.wav"
+    done = ok(run("predict", f"--checkpoint={fold}", f"--input={clip}", env=env,
+                  timeout=timeout))
+    got = next(csv.DictReader(done.stdout.splitlines()))
+    assert got["label"] == row["prediction"]
+    labels = [k[2:] for k in row if k.startswith("p_")]
+    np.testing.assert_allclose(
+        [float(got[f"p_{n}"]) for n in labels], [float(row[f"p_{n}"]) for n in labels],
+        atol=1e-4,
+    )
 
 
 @pytest.fixture(scope="session")

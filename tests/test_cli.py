@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import TINY, bin_command, cpu_env, ok, products, run
+from conftest import TINY, bin_command, cpu_env, ok, predicts_as_recorded, products, run
 
 
 def test_train_writes_every_artifact(trained):
@@ -132,17 +132,7 @@ def test_predict_reports_bad_files_and_goes_on(trained, tmp_path):
 
 def test_predict_matches_the_fold_predictions(trained):
     """A checkpoint predicts alone what the run recorded for its test utterances."""
-    with open(trained / "fold_00" / "predictions.csv") as f:
-        row = next(csv.DictReader(f))
-    clip = trained / "corpus" / "wav" / f"{row['uid']}.wav"
-    done = ok(run("predict", f"--checkpoint={trained / 'fold_00'}", f"--input={clip}"))
-    got = next(csv.DictReader(done.stdout.splitlines()))
-    assert got["label"] == row["prediction"]
-    labels = [k[2:] for k in row if k.startswith("p_")]
-    np.testing.assert_allclose(
-        [float(got[f"p_{n}"]) for n in labels], [float(row[f"p_{n}"]) for n in labels],
-        atol=1e-4,
-    )
+    predicts_as_recorded(trained)
 
 
 def test_finetune_trains_the_encoder_and_its_checkpoint_predicts(tmp_path):

@@ -2,7 +2,6 @@
 laid out as huggingface_hub lays it out, offline, from bin/train to bin/predict; and a hub id
 the cache lacks."""
 
-import csv
 import hashlib
 import importlib.metadata
 import os
@@ -10,11 +9,10 @@ import tomllib
 from pathlib import Path
 
 import huggingface_hub
-import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import REPO, TINY, cpu_env, ok, run
+from conftest import REPO, TINY, cpu_env, ok, predicts_as_recorded, run
 from packaging.requirements import Requirement
 
 from msjax.convert.hf import load_ssl
@@ -99,18 +97,7 @@ def test_hub_id_trains_and_predicts_offline_and_an_uncached_one_says_how_to_down
     assert not (workdir / "config.json").exists()
 
     ok(run("train", *args, f"--ssl={REPO_ID}", env=env, timeout=600))
-    fold = workdir / "fold_00"
-    with open(fold / "predictions.csv") as f:
-        row = next(csv.DictReader(f))
-    clip = workdir / "corpus" / "wav" / f"{row['uid']}.wav"
-    done = ok(run("predict", f"--checkpoint={fold}", f"--input={clip}", env=env, timeout=300))
-    got = next(csv.DictReader(done.stdout.splitlines()))
-    assert got["label"] == row["prediction"]
-    labels = [k[2:] for k in row if k.startswith("p_")]
-    np.testing.assert_allclose(
-        [float(got[f"p_{n}"]) for n in labels], [float(row[f"p_{n}"]) for n in labels],
-        atol=1e-4,
-    )
+    predicts_as_recorded(workdir, env=env, timeout=300)
     # The run's features came from the cached weights: the identity it recorded is theirs.
     inputs = (workdir / "inputs.json").read_text()
     snapshot = next((cache / ("models--" + REPO_ID.replace("/", "--")) / "snapshots").iterdir())
