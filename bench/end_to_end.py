@@ -8,7 +8,7 @@ processes on the same dataset with a fixed small epoch count:
   warm   empty workdir, the cache the cold run filled: training only.
 
 For each it prints the wall time, the child's peak resident memory, and where the
-time went, as the run reports it to `msjax.timing`: feature preparation, jitted train
+time went, as the run reports it to `msjax.runtime.timing`: feature preparation, jitted train
 steps, jitted eval steps (their first calls, i.e. compilation, apart), checkpoint
 writes, and the rest (dataset loading, host-side batching that the prefetch thread did
 not hide, metrics, reports). Step time is measured by blocking on each step's outputs,
@@ -53,7 +53,7 @@ from ml_collections import config_flags
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from configs import emodb  # noqa: E402
+from msjax.configs import emodb  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "emodb"
 
@@ -82,7 +82,8 @@ FLAGS = flags.FLAGS
 def child(config_json: str, workdir: str) -> None:
     """Runs one timed cross-validation and prints its timings as JSON."""
     start = time.perf_counter()
-    from msjax import runtime, timing
+    from msjax import runtime
+    from msjax.runtime import timing
     from msjax.train import run
 
     runtime.configure()  # as bin/train does, before JAX starts

@@ -48,9 +48,9 @@ import librosa
 import numpy as np
 from joblib.externals.loky import get_reusable_executor
 
-from msjax.audio import load_audio
-from msjax.feature_pool import default_workers, iter_file_features, iter_utterance_features
-from msjax.features import FeatureConfig
+from msjax.features.acoustic import FeatureConfig
+from msjax.features.audio import load_audio
+from msjax.features.pool import default_workers, iter_file_features, iter_utterance_features
 
 CFG = FeatureConfig()
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
@@ -69,7 +69,7 @@ def peer_features(wav: np.ndarray) -> Features:
 
 
 def peer_file(path: str) -> Features:
-    """librosa.load resamples with soxr HQ, as `msjax.audio.load_audio` does."""
+    """librosa.load resamples with soxr HQ, as `msjax.features.audio.load_audio` does."""
     wav, _ = librosa.load(path, sr=CFG.sample_rate)
     return peer_features(wav)
 
@@ -126,7 +126,7 @@ _HOLD_SECONDS = 0.3
 
 
 def _hold_worker(_: int) -> int:
-    import msjax.feature_pool  # noqa: F401  (what a feature task loads first)
+    import msjax.features.pool  # noqa: F401  (what a feature task loads first)
 
     # Long enough that a started worker leaves the other tasks of a round to others.
     time.sleep(_HOLD_SECONDS)
@@ -134,7 +134,7 @@ def _hold_worker(_: int) -> int:
 
 
 def warm_pool(workers: int) -> float:
-    """Starts the pool `msjax.feature_pool` uses (loky's reusable one); returns the seconds.
+    """Starts the pool `msjax.features.pool` uses (loky's reusable one); returns the seconds.
 
     Its workers exit after 10 s idle, and a call that has to start them pays their
     imports (1-2 s): the timed passes measure extraction, not this start-up. Rounds

@@ -40,7 +40,7 @@ from ml_collections import config_flags
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from configs import emodb  # noqa: E402
+from msjax.configs import emodb  # noqa: E402
 
 EMODB = REPO.parent / "shared" / "data" / "emodb"
 SYSTEMS = ("full", "baseline", "svm")
@@ -94,10 +94,10 @@ def svm_run(config: ml_collections.ConfigDict) -> tuple[list, list]:
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import SVC
 
-    from msjax import metrics
-    from msjax.audio import load_audio
     from msjax.data import load_dataset
     from msjax.data.folds import make_folds
+    from msjax.features.audio import load_audio
+    from msjax.results import metrics
 
     dataset = load_dataset("emodb", config.data_dir)
     label_id = {name: i for i, name in enumerate(dataset.labels)}

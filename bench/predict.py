@@ -7,13 +7,13 @@ What it measures
     MS-EmoBoost head (random weights, classifier included). Throughput is audio seconds
     per wall-clock second over the whole folder, decoding and features included.
 
-      msjax:   `msjax.predict.Predictor` + `predict_files`, what bin/predict runs (with
+      msjax:   `msjax.inference.predict.Predictor` + `predict_files`, what bin/predict runs (with
                its XLA flags and host memory policy, `msjax.runtime.configure`): the
                segments of consecutive files packed into batches of --batch-size (one
                compiled program: encoder and head in one jax.jit), a thread decoding
                and computing features ahead of the model, long files read in windows.
       PyTorch: the same work as a PyTorch user writes it: file after file, the same
-               segments (`msjax.streaming.file_segments`: the same decoding and numpy
+               segments (`msjax.features.streaming.file_segments`: the same decoding and numpy
                features, also windowed), in batches of up to --batch-size segments of
                that file, through transformers' Wav2Vec2Model and the head written
                in torch.nn (bench/train_step.py's network, eval mode) under
@@ -108,12 +108,13 @@ def make_checkpoints(root: Path, seed: int) -> Path:
 
     import flax
     import jax
+    from msjax.configs import default
 
     import msjax
-    from configs import default
-    from msjax import checkpoint, inference
-    from msjax.encoders import load_encoder
-    from msjax.features import FeatureConfig
+    from msjax import inference
+    from msjax.convert.encoders import load_encoder
+    from msjax.features.acoustic import FeatureConfig
+    from msjax.io import checkpoint
     from msjax.models.emoboost import dummy_batch
 
     model_cfg = default.get_config().model.to_dict()
@@ -153,7 +154,7 @@ class MsjaxRunner:
     def __init__(self, opts: dict[str, Any]):
         os.environ["JAX_PLATFORMS"] = "cpu"
         from msjax import runtime
-        from msjax.predict import Predictor, predict_files
+        from msjax.inference.predict import Predictor, predict_files
 
         runtime.configure()  # as bin/predict does, before JAX starts
 
@@ -198,10 +199,10 @@ class TorchRunner:
     def __init__(self, opts: dict[str, Any]):
         import torch
         import transformers
+        from msjax.configs import default
         from train_step import _torch_network
 
-        from configs import default
-        from msjax.features import FeatureConfig
+        from msjax.features.acoustic import FeatureConfig
 
         torch.set_num_threads(opts["threads"])
         transformers.utils.logging.disable_progress_bar()
@@ -245,8 +246,8 @@ class TorchRunner:
         return _timed(self._run)
 
     def _run(self) -> float:
-        from msjax.features import Segments
-        from msjax.streaming import file_segments
+        from msjax.features.acoustic import Segments
+        from msjax.features.streaming import file_segments
 
         self.segments, self.files, audio = [], [], 0
         with self.torch.inference_mode():

@@ -114,7 +114,7 @@ from ml_collections import config_flags
 # Measure the msjax of this checkout, whatever else is installed.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from configs import default  # noqa: E402  (after the path insert)
+from msjax.configs import default  # noqa: E402  (after the path insert)
 
 CLASSES = 7
 IMAGE_SIZE = (256, 384)
@@ -159,7 +159,7 @@ def make_batch(mode: str, batch_size: int, ssl_frames: int, ssl_dim: int) -> dic
         mfcc [B, 300, 40], spec [B, 200, 300], label [B], mask [B], and ssl [B, F, D]
         (cached) or wav [B, 48000] (finetune).
     """
-    from msjax.features import FeatureConfig
+    from msjax.features.acoustic import FeatureConfig
 
     cfg = FeatureConfig()
     rng = np.random.default_rng(0)
@@ -226,8 +226,8 @@ def setup_msjax(
     import optax
 
     from msjax import runtime
-    from msjax.encoders import load_configured_encoder
-    from msjax.features import FeatureConfig
+    from msjax.convert.encoders import load_configured_encoder
+    from msjax.features.acoustic import FeatureConfig
     from msjax.inference import build_model, wav_normalizer
     from msjax.models.emoboost import dummy_batch
     from msjax.train import setup
@@ -358,7 +358,7 @@ def _torch_network(
             self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
         def image(self, spec, lo, hi):
-            """msjax.image.spec_to_image in NCHW: [B, 200, 300] -> [B, 3, 256, 384]."""
+            """msjax.features.image.spec_to_image in NCHW: [B, 200, 300] -> [B, 3, 256, 384]."""
             span = torch.where(hi - lo < 1e-6, torch.ones_like(hi), hi - lo)
             scaled = ((spec - lo[:, None]) / span[:, None]).clamp(0.0, 1.0).flip(1)
             image = F.interpolate(scaled[:, None], IMAGE_SIZE, mode="bilinear")
@@ -387,7 +387,7 @@ def _torch_network(
 
 def _ssl_config(config: ml_collections.ConfigDict):
     """The msjax SSLConfig of the benchmark's `random:<preset>` encoder, fine-tuning set."""
-    from msjax.encoders import PRESETS, RANDOM_PREFIX
+    from msjax.models.encoder import PRESETS, RANDOM_PREFIX
     from msjax.models.ssl import SSLConfig
 
     name = config.ssl.name

@@ -9,7 +9,7 @@ speaker-independent at 91 folds.
 
 import ml_collections
 
-from configs import default
+from msjax.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

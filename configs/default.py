@@ -34,7 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     # results average over folds and seeds.
     config.seeds = 1
 
-    # Features (msjax.features.FeatureConfig fields).
+    # Features (msjax.features.acoustic.FeatureConfig fields).
     config.features = ml_collections.ConfigDict(
         dict(
             sample_rate=16000,

@@ -7,7 +7,7 @@ Paper (Table 2, wav2vec2-base, fine-tuned): WA 92.45, UA 92.62.
 
 import ml_collections
 
-from configs import default
+from msjax.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

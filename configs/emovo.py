@@ -8,7 +8,7 @@ Paper (Table 2, wav2vec2-base, fine-tuned): WA 86.88, UA 87.51.
 
 import ml_collections
 
-from configs import default
+from msjax.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

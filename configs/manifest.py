@@ -12,7 +12,7 @@ stratified (k-fold, --folds), split (the manifest's own train/val/test column).
 
 import ml_collections
 
-from configs import default
+from msjax.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

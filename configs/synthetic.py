@@ -11,7 +11,7 @@ spectrogram branches. Small sizes keep it to minutes on a 2-core CPU.
 
 import ml_collections
 
-from configs import default
+from msjax.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

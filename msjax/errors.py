@@ -61,7 +61,7 @@ def writing(path: str | os.PathLike, what: str) -> Iterator[None]:
 
 
 class Interrupted(KeyboardInterrupt):
-    """SIGINT or SIGTERM arrived (msjax.interrupts); exit code 128 + the signal's number.
+    """SIGINT or SIGTERM arrived (msjax.runtime.interrupts); exit code 128 + the signal's number.
 
     A KeyboardInterrupt, so that no `except Exception` swallows it and code that
     cleans up after Ctrl-C does so after SIGTERM too.

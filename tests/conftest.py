@@ -47,9 +47,13 @@ _CACHE_KEY = pytest.StashKey[str]()
 
 def pytest_configure(config: pytest.Config) -> None:
     """Sets msjax's XLA flags as the commands do (before JAX starts; the commands the
-    tests run inherit them) and opens the session's compilation cache (pytest-xdist
+    tests run inherit them, and import this checkout) and opens the session's compilation cache (pytest-xdist
     workers share their controller's, inherited in JAX_COMPILATION_CACHE_DIR)."""
     runtime.apply_xla_defaults()
+    # The commands the tests start import this checkout's msjax, whatever is installed.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    )
     if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
         return
     directory = tempfile.mkdtemp(prefix="msjax-xla-cache-")
@@ -161,7 +165,7 @@ TINY = [f"--config.{name}={value}" for name, value in TINY_FIELDS.items()]
 def tiny_config(changes: dict | None = None) -> ml_collections.ConfigDict:
     """The synthetic config with TINY's settings, then `changes` by dotted field name
     ({"optim.learning_rate": 0.5})."""
-    from configs import synthetic
+    from msjax.configs import synthetic
 
     config = synthetic.get_config()
     with config.unlocked():
@@ -178,7 +182,7 @@ def check_run_files(config: ml_collections.ConfigDict, workdir: Path) -> None:
     """What train_and_evaluate does before it trains, in this process: the run files of
     `config` written to `workdir` or compared with it (msjax.train.run._check_workdir),
     counted among the workdir's jobs."""
-    from msjax import lock
+    from msjax.io import lock
     from msjax.train.run import _check_workdir, prepare_data, run_inputs
 
     dataset, folds = prepare_data(config, workdir)
@@ -191,7 +195,7 @@ def check_run_files(config: ml_collections.ConfigDict, workdir: Path) -> None:
 @functools.cache
 def _encoder(ssl: str, seed: int):
     """load_configured_encoder, once per config (a random encoder compiles its init)."""
-    from msjax.encoders import load_configured_encoder
+    from msjax.convert.encoders import load_configured_encoder
 
     return load_configured_encoder(ml_collections.ConfigDict(json.loads(ssl)), seed=seed)
 

@@ -1,4 +1,4 @@
-"""Tests for msjax.audio: decoding, mixdown, resampling, errors, pre-emphasis."""
+"""Tests for msjax.features.audio: decoding, mixdown, resampling, errors, pre-emphasis."""
 
 
 import librosa
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from msjax.audio import SAMPLE_RATE, load_audio, preemphasis
 from msjax.errors import AudioError, DataError
+from msjax.features.audio import SAMPLE_RATE, load_audio, preemphasis
 
 
 def _tone(rate: int, seconds: float, freq: float = 440.0, channels: int = 1) -> np.ndarray:

@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 
-from msjax import cache as cache_lib
-from msjax.cache import FeatureCache, audio_hash
 from msjax.errors import WriteError
+from msjax.features import cache as cache_lib
+from msjax.features.cache import FeatureCache, audio_hash
 
 
 def _arrays(seed=0):

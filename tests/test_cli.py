@@ -160,7 +160,7 @@ def test_finetune_trains_the_encoder_and_its_checkpoint_predicts(tmp_path):
         [float(low[f"p_{n}"]) for n in labels], [float(got[f"p_{n}"]) for n in labels],
         atol=0.01,
     )
-    from msjax.predict import Predictor
+    from msjax.inference.predict import Predictor
 
     predictor = Predictor(tmp_path / "fold_00", compute_dtype="bfloat16")
     cfg = predictor.feature_cfg

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from msjax.cache import FeatureCache
 from msjax.data.records import Dataset, Utterance
-from msjax.features import FeatureConfig, segment, utterance_features
-from msjax.image import fit_minmax, spec_to_image
-from msjax.train.pipeline import FeatureStore, iterate_batches
+from msjax.features.acoustic import FeatureConfig, segment, utterance_features
+from msjax.features.cache import FeatureCache
+from msjax.features.image import fit_minmax, spec_to_image
+from msjax.features.store import FeatureStore, iterate_batches
 
 CFG = FeatureConfig(segment_seconds=1.0)
 SR = CFG.sample_rate
@@ -100,7 +100,7 @@ def test_every_row_belongs_to_one_utterance_segment(corpus, tmp_path, cache):
 
 
 def test_padding_enters_the_fit_and_scales_to_black(corpus):
-    """Padded segments take part in the fit (msjax.image's docstring says why): the
+    """Padded segments take part in the fit (msjax.features.image's docstring says why): the
     padding is the -top_db floor, so every bin's minimum is the floor and padded
     columns become the image's 0 (ImageNet-standardised black)."""
     _, truth = corpus
@@ -123,8 +123,8 @@ class _StopFit(Exception):
 def test_spectrogram_statistics_come_from_the_training_split(monkeypatch, tmp_path):
     """run_fold fits the min-max statistics on the training split's segments only."""
     from msjax.data.folds import Fold
+    from msjax.features.store import Entry
     from msjax.train import run
-    from msjax.train.pipeline import Entry
 
     uids = {"train": ("t1", "t2"), "val": ("v1",), "test": ("x1", "x2")}
     entries = {u: Entry(u, 0, 2, u) for split in uids.values() for u in split}

@@ -1,4 +1,4 @@
-"""One training over several processes (msjax.distributed): the environment decides,
+"""One training over several processes (msjax.runtime.distributed): the environment decides,
 batches split by process, and two CPU processes on localhost (gloo collectives) against
 one process with two devices."""
 
@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 from conftest import REPO, TINY, run
 
-from msjax import distributed
-from msjax.cache import FeatureCache
 from msjax.data import load_dataset
 from msjax.data.synthetic import generate_corpus
-from msjax.features import FeatureConfig
-from msjax.train.pipeline import FeatureStore, iterate_batches
+from msjax.features.acoustic import FeatureConfig
+from msjax.features.cache import FeatureCache
+from msjax.features.store import FeatureStore, iterate_batches
+from msjax.runtime import distributed
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_process_rows_of_a_batch_make_the_whole_batch(tmp_path):
 # it read in <COUNTS>.rows.
 _COUNTING_TRAIN = """
 import os, sys
-from msjax import cache
+from msjax.features import cache
 from msjax.train import loop
 counts = os.environ["COUNTS"]
 put = cache.FeatureCache.put

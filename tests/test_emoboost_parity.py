@@ -442,7 +442,7 @@ def test_finetune_matches_torch_reference(tmp_path):
 
 
 def test_utterance_pooling_is_mean_segment_log_softmax():
-    """Segments of three utterances, interleaved: msjax.metrics against a direct sum."""
+    """Segments of three utterances, interleaved: msjax.results.metrics against a direct sum."""
     logits = np.random.default_rng(5).standard_normal((6, CLASSES)) * 3
     uids = ["b", "a", "b", "c", "a", "b"]
     got_ids, got = inference.utterance_predictions(np.asarray(jax.nn.log_softmax(logits)), uids)

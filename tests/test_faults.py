@@ -39,16 +39,17 @@ from conftest import (
     tiny_config,
     unavailable,
 )
+from msjax.configs import synthetic
 
-from configs import synthetic
-from msjax import checkpoint, lock, report
-from msjax.audio import load_audio
-from msjax.cache import FeatureCache
 from msjax.convert.torchvision import alexnet_params, save_params
 from msjax.data import load_dataset, manifest
 from msjax.errors import AudioError, CheckpointError, UsageError, WriteError
+from msjax.experiment.validation import check_config
+from msjax.features.audio import load_audio
+from msjax.features.cache import FeatureCache
+from msjax.io import checkpoint, lock
+from msjax.io.files import json_bytes
 from msjax.train.run import prepare_data, train_and_evaluate
-from msjax.validation import check_config
 
 FLAGS = flags.FLAGS
 
@@ -244,7 +245,7 @@ def test_loader_rejects_non_finite_and_absurd_samples(tmp_path):
 
 
 def test_predict_marks_non_finite_output_as_an_error(trained, monkeypatch):
-    from msjax.predict import Predictor, predict
+    from msjax.inference.predict import Predictor, predict
 
     predictor = Predictor(trained / "fold_00")
     monkeypatch.setattr(predictor, "segment_log_probs",
@@ -439,7 +440,7 @@ def test_fold_jobs_lock_only_their_fold(trained, tmp_path):
 _CONTENDER = """
 import sys, time
 from pathlib import Path
-from msjax import lock
+from msjax.io import lock
 
 root, me, n, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 for r in range(rounds):
@@ -630,7 +631,7 @@ def test_failed_orbax_write_is_one_line_and_a_rerun_finishes(trained, tmp_path):
 
 _NO_SPACE_CHECK = """
 import sys
-from msjax import checkpoint
+from msjax.io import checkpoint
 checkpoint._check_space = lambda *args: None  # as if the disk filled once the save began
 sys.argv = ["train", *sys.argv[1:]]
 from msjax.cli import train
@@ -748,7 +749,7 @@ def test_predict_checks_its_output_before_any_work(trained, tmp_path):
 @pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
 def test_predict_streams_rows_so_a_late_failure_keeps_them(trained, tmp_path, monkeypatch,
                                                            suffix):
-    from msjax.predict import Predictor
+    from msjax.inference.predict import Predictor
 
     clips = sorted((trained / "corpus" / "wav").glob("*.wav"))[:3]
     real = Predictor.segments
@@ -878,7 +879,7 @@ def _inputs_before_clip_hashes(workdir: Path) -> dict:
 
 def test_inputs_json_from_before_clip_hashes_resumes_or_says_why_not(trained, tmp_path):
     workdir = copy_run(trained, tmp_path / "run")
-    old = report.json_bytes(_inputs_before_clip_hashes(workdir))
+    old = json_bytes(_inputs_before_clip_hashes(workdir))
     (workdir / "inputs.json").write_bytes(old)
     check_run_files(_saved_config(workdir), workdir)  # nothing changed: it resumes
     assert (workdir / "inputs.json").read_bytes() == old
@@ -914,7 +915,7 @@ def test_bad_alexnet_weights_are_refused_before_anything_is_written(trained, tmp
 
 
 def test_random_encoder_identity_comes_from_its_weights(monkeypatch):
-    from msjax import encoders
+    from msjax.models import encoder as encoders
 
     seed0, seed1 = (encoders.load_encoder("random:tiny", seed=s).identity for s in (0, 1))
     assert seed0 != seed1

@@ -1,4 +1,4 @@
-"""Tests for msjax.feature_pool: the worker pool gives the serial results, in order,
+"""Tests for msjax.features.pool: the worker pool gives the serial results, in order,
 and stops at the first bad file after everything before it."""
 
 from pathlib import Path
@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from msjax import feature_pool
 from msjax.errors import UsageError
-from msjax.features import FeatureConfig, file_features
+from msjax.features import pool as feature_pool
+from msjax.features.acoustic import FeatureConfig, file_features
 
 CFG = FeatureConfig()
 

@@ -1,14 +1,14 @@
-"""Tests for msjax.features: shapes, parity with librosa, segmentation, config hashing."""
+"""Tests for msjax.features.acoustic: shapes, parity with librosa, segmentation, config hashing."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 
-from msjax import features
-from msjax.audio import load_audio, preemphasis
 from msjax.errors import UsageError
-from msjax.features import FeatureConfig
+from msjax.features import acoustic as features
+from msjax.features.acoustic import FeatureConfig
+from msjax.features.audio import load_audio, preemphasis
 
 CFG = FeatureConfig()
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from msjax import report
 from msjax.data.folds import (
     check_fold,
     folds_to_dict,
@@ -16,6 +15,7 @@ from msjax.data.folds import (
 )
 from msjax.data.records import Dataset, Utterance
 from msjax.errors import DataError, UsageError
+from msjax.io.files import write_json
 
 EMODB_LABELS = ("anger", "boredom", "disgust", "fear", "happiness", "sadness", "neutral")
 
@@ -191,7 +191,7 @@ def test_check_fold_catches_leaks(emodb_like):
 def test_folds_json_round_trip(tmp_path, emodb_like):
     folds = make_folds(emodb_like, "loso", seed=2)
     path = tmp_path / "run" / "folds.json"
-    report.write_json(folds_to_dict(folds), path)
+    write_json(folds_to_dict(folds), path)
     data = json.loads(path.read_text())
     assert data["protocol"] == "loso" and data["validation"] == "heldout"
     assert data["num_folds"] == 10

@@ -1,4 +1,4 @@
-"""Tests for msjax.image: min-max statistics and the spectrogram-to-image transform."""
+"""Tests for msjax.features.image: min-max statistics and the spectrogram-to-image transform."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msjax.image import IMAGENET_MEAN, IMAGENET_STD, MinMaxStats, fit_minmax, spec_to_image
+from msjax.features.image import IMAGENET_MEAN, IMAGENET_STD, MinMaxStats, fit_minmax, spec_to_image
 
 MEAN = np.asarray(IMAGENET_MEAN, np.float32)
 STD = np.asarray(IMAGENET_STD, np.float32)

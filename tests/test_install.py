@@ -11,13 +11,14 @@ from conftest import REPO
 from msjax.cli.common import DATASETS
 
 # The CLI's own steps: the config file common.config_file names, loaded by config_flags
-# (whose import of `configs.default` needs the installed package too).
+# (whose import of `msjax.configs.default` needs the installed package too).
 _LOAD_CONFIGS = """
 import sys
 from pathlib import Path
 from ml_collections import config_flags
 from absl import flags
-import configs, msjax
+import msjax
+from msjax import configs
 from msjax.cli import common
 datasets = sys.argv[1:]
 for name in datasets:
@@ -47,7 +48,7 @@ def test_wheel_install_loads_every_config_from_anywhere(tmp_path):
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, source / name)
-    for package in ("msjax", "configs"):
+    for package in ("msjax", "configs"):  # configs/ installs as msjax.configs
         shutil.copytree(REPO / package, source / package,
                         ignore=shutil.ignore_patterns("__pycache__"))
     wheels, target, elsewhere = tmp_path / "wheels", tmp_path / "site", tmp_path / "elsewhere"

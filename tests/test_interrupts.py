@@ -1,5 +1,5 @@
 """Ctrl-C and SIGTERM: one line saying what was kept, exit 130 / 143, no traceback, and
-the rerun of the same command resumes (msjax.interrupts)."""
+the rerun of the same command resumes (msjax.runtime.interrupts)."""
 
 import json
 import os
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from conftest import TINY, bin_command, cpu_env, ok, run
 
-from msjax import checkpoint, interrupts
 from msjax.errors import Interrupted
+from msjax.io import checkpoint
+from msjax.runtime import interrupts
 
 EPOCH = re.compile(r"fold \d+ epoch \d+: loss .*")
 INTERRUPTED = re.compile(

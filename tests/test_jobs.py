@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, TINY, bin_command, check_run_files, cpu_env, ok, run, tiny_config
 
-from msjax import lock
 from msjax.errors import UsageError
+from msjax.io import lock
 
 _REPORTS = ("results.json", "confusion.csv", "confusion.png")
 
@@ -33,7 +33,7 @@ def _without_seconds(results: dict) -> dict:
 _WRITER = r"""
 import os, sys, time
 from pathlib import Path
-from msjax.files import write_once
+from msjax.io.files import write_once
 
 path, gate, k, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 
@@ -214,7 +214,7 @@ def test_changed_config_is_refused_naming_fields_once_a_fold_trained(trained, tm
 
 _SHARER = """
 import sys
-from msjax import lock
+from msjax.io import lock
 with lock.share(sys.argv[1], lambda alone: print(alone, flush=True)):
     sys.stdin.read()
 """

@@ -14,15 +14,15 @@ import numpy as np
 import optax
 import pytest
 
-from msjax.cache import FeatureCache
+from msjax.convert.encoders import load_encoder
 from msjax.data import load_dataset
 from msjax.data.records import Dataset
-from msjax.encoders import load_encoder
-from msjax.features import FeatureConfig
-from msjax.image import fit_minmax
+from msjax.features.acoustic import FeatureConfig
+from msjax.features.cache import FeatureCache
+from msjax.features.image import fit_minmax
+from msjax.features.store import FeatureStore
 from msjax.models.emoboost import dummy_batch, from_configs
 from msjax.train.loop import FoldRunner
-from msjax.train.pipeline import FeatureStore
 from msjax.train.setup import data_sharding
 from msjax.train.steps import create_state, make_mesh, make_steps
 

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import run
+from msjax.configs import manifest as manifest_config
 
-from configs import manifest as manifest_config
-from msjax.cache import FeatureCache
 from msjax.data import emodb, load_dataset, manifest
 from msjax.data.folds import make_folds
 from msjax.errors import DataError, UsageError
-from msjax.features import FeatureConfig
-from msjax.train.pipeline import FeatureStore
+from msjax.features.acoustic import FeatureConfig
+from msjax.features.cache import FeatureCache
+from msjax.features.store import FeatureStore
 from msjax.train.run import prepare_data
 
 

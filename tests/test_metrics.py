@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from msjax import inference, metrics
+from msjax import inference
+from msjax.results import metrics
 
 # Three classes, rows = true. Supports 4, 2, 4; correct 3 + 1 + 3 = 7 of 10.
 CM3 = np.array(

@@ -14,8 +14,9 @@ import optax
 import pytest
 from conftest import product_sites, products
 
-from msjax.encoders import load_encoder, normalize_waveform
+from msjax.convert.encoders import load_encoder
 from msjax.models.emoboost import MSEmoBoost
+from msjax.models.encoder import normalize_waveform
 from msjax.models.products import _low_dot
 from msjax.train.steps import create_state, make_mesh, make_steps
 

@@ -104,11 +104,11 @@ def test_bars_with_an_eta_draw_on_a_terminal(terminal_run):
 
 _EMIT = """
 import logging, sys, warnings
-from msjax import progress
+from msjax.runtime import progress
 progress.configure(int(sys.argv[1]), sys.argv[2] == "quiet")
 logging.getLogger("msjax.train.run").info("info line")
 logging.getLogger("msjax.train.run").debug("debug line")
-logging.getLogger("msjax.lock").warning("stale lock")
+logging.getLogger("msjax.io.lock").warning("stale lock")
 progress.line("record line")
 logging.getLogger("jax._src.xla_bridge").warning("An NVIDIA GPU may be present")
 logging.getLogger("matplotlib.font_manager").info("generated new fontManager")

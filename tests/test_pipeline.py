@@ -4,12 +4,12 @@
 import numpy as np
 import pytest
 
-from msjax.cache import FeatureCache
 from msjax.data import load_dataset
 from msjax.data.synthetic import generate_corpus
 from msjax.errors import AudioError
-from msjax.features import FeatureConfig
-from msjax.train.pipeline import FeatureStore, iterate_batches
+from msjax.features.acoustic import FeatureConfig
+from msjax.features.cache import FeatureCache
+from msjax.features.store import FeatureStore, iterate_batches
 
 CFG = FeatureConfig(segment_seconds=1.0)
 

@@ -15,10 +15,10 @@ import soundfile as sf
 from conftest import ok, products, run
 
 from msjax import inference
-from msjax.audio import load_audio, stream_audio
 from msjax.errors import AudioError
-from msjax.features import FeatureConfig, segment, utterance_features
-from msjax.streaming import file_segments
+from msjax.features.acoustic import FeatureConfig, segment, utterance_features
+from msjax.features.audio import load_audio, stream_audio
+from msjax.features.streaming import file_segments
 
 CFG = FeatureConfig(segment_seconds=1.0)  # the tiny trained run's segments
 SR = CFG.sample_rate
@@ -125,7 +125,7 @@ def mixed_folder(tmp_path) -> Path:
 
 
 def test_segments_of_many_files_share_one_compiled_batch(trained, mixed_folder, monkeypatch):
-    from msjax.predict import Predictor, predict_files
+    from msjax.inference.predict import Predictor, predict_files
 
     traces = []
     real = inference.log_probs
@@ -158,7 +158,7 @@ def test_features_of_the_next_batches_are_prepared_while_the_model_runs(trained,
     and 1), the feature thread reads ahead until its queue of two messages is full: the
     "file" messages of files 1 and 2, then the batch of files 2 and 3, which waits. File
     4 is read only once the model has taken something from the queue."""
-    from msjax.predict import Predictor, predict_files
+    from msjax.inference.predict import Predictor, predict_files
 
     paths = [_write(tmp_path / f"{i}.wav", 0.5, seed=i) for i in range(6)]
     predictor = Predictor(trained / "fold_00", batch_size=2)
@@ -189,7 +189,7 @@ def test_features_of_the_next_batches_are_prepared_while_the_model_runs(trained,
 
 
 def test_a_bad_file_in_a_batch_keeps_the_others_in_order(trained, mixed_folder):
-    from msjax.predict import Predictor, predict
+    from msjax.inference.predict import Predictor, predict
 
     (mixed_folder / "b_broken.wav").write_bytes(b"RIFF0000WAVEjunk")
     paths = sorted(mixed_folder.glob("*.wav"))
@@ -201,7 +201,7 @@ def test_a_bad_file_in_a_batch_keeps_the_others_in_order(trained, mixed_folder):
 
 
 def test_streamed_prediction_equals_the_whole_file_one(trained, tmp_path):
-    from msjax.predict import Predictor, predict_files
+    from msjax.inference.predict import Predictor, predict_files
 
     path = _write(tmp_path / "long.wav", 12.5, 22050)
     windowed = Predictor(trained / "fold_00", window_seconds=2.0)
@@ -230,7 +230,7 @@ def test_bfloat16_prediction_computes_in_bfloat16_and_follows_float32(trained, m
     """--compute_dtype=bfloat16: the encoder's and the head's products all take bf16
     operands, from weights cast once at load; probabilities stay within 0.01 of float32's
     (measured here: 2e-4) and the predicted labels agree."""
-    from msjax.predict import Predictor, predict_files
+    from msjax.inference.predict import Predictor, predict_files
 
     paths = sorted(mixed_folder.glob("*.wav"))
     full = Predictor(trained / "fold_00", batch_size=4)
@@ -284,8 +284,8 @@ def test_timeline_rows_of_a_long_recording_are_written_window_by_window(trained,
     """A 12.5 s recording read in 2 s windows, 2 segments per batch: before each batch
     the rows of the batches before it (but the latest segment, whose end may be the
     file's) are on disk already, flushed; at the end the rows tile the file once."""
-    from msjax.predict import Predictor, predict_files
-    from msjax.timeline import TimelineOutput
+    from msjax.inference.predict import Predictor, predict_files
+    from msjax.inference.timeline import TimelineOutput
 
     path = _write(tmp_path / "long.wav", 12.5)
     rows_path = tmp_path / "rows.jsonl"
@@ -317,13 +317,13 @@ def test_timeline_rows_of_a_long_recording_are_written_window_by_window(trained,
 @pytest.fixture(scope="module")
 def streaming_predictor(trained):
     """The tiny run's fold 0, 1 s segments, recordings over 2 s read in windows."""
-    from msjax.predict import Predictor
+    from msjax.inference.predict import Predictor
 
     return Predictor(trained / "fold_00", batch_size=4, window_seconds=2.0)
 
 
 def _predicted(predictor, paths: list[Path]) -> dict[str, dict]:
-    from msjax.predict import predict
+    from msjax.inference.predict import predict
 
     records = {Path(r["path"]).name: r for r in predict(predictor, paths)}
     for record in records.values():
@@ -375,8 +375,8 @@ def test_existing_outputs_are_refused_unless_overwrite(tmp_path):
     """Checked before the checkpoint is loaded: refused, the file is as it was; with
     --overwrite the run goes on (here to the missing checkpoint)."""
     from msjax.errors import UsageError
-    from msjax.predict import check_output
-    from msjax.timeline import check_plots
+    from msjax.inference.predict import check_output
+    from msjax.inference.timeline import check_plots
 
     out, rows, plots = tmp_path / "preds.csv", tmp_path / "rows.csv", tmp_path / "plots"
     plots.mkdir()
@@ -398,7 +398,7 @@ def test_existing_outputs_are_refused_unless_overwrite(tmp_path):
 
 def test_bad_flags_are_refused_before_any_work(tmp_path):
     from msjax.errors import UsageError
-    from msjax.predict import Predictor, check_folder
+    from msjax.inference.predict import Predictor, check_folder
 
     with pytest.raises(UsageError, match="--batch_size=0"):
         Predictor(tmp_path / "no_checkpoint", batch_size=0)

@@ -7,7 +7,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from msjax import report
+from msjax.io.files import write_json
+from msjax.results import plots, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 LABELS = ["anger", "sadness", "happiness", "neutral"]
@@ -44,7 +45,7 @@ def test_confusion_csv_rejects_mismatched_labels(tmp_path):
 @pytest.mark.parametrize("normalize", [True, False])
 def test_confusion_png(tmp_path, normalize):
     path = tmp_path / f"cm_{normalize}.png"
-    report.plot_confusion_png(CM, LABELS, path, normalize=normalize, title="EMODB, all folds")
+    plots.plot_confusion_png(CM, LABELS, path, normalize=normalize, title="EMODB, all folds")
     assert path.read_bytes()[:8] == PNG_MAGIC
     assert path.stat().st_size > 5000
 
@@ -84,10 +85,10 @@ def test_write_json_round_trips_and_converts(tmp_path):
         "nested": {"ok": True, "none": None},
     }
     path = tmp_path / "a" / "results.json"
-    report.write_json(obj, path)
+    write_json(obj, path)
     assert json.loads(path.read_text()) == obj
 
-    report.write_json(
+    write_json(
         {
             "cm": CM,
             "wa": np.float32(0.5),
@@ -169,17 +170,17 @@ def test_plot_tsne_on_small_set(tmp_path):
     labels = np.repeat(np.arange(3), 10)
     features = rng.standard_normal((30, 16)) + 4.0 * labels[:, None]
     path = tmp_path / "tsne.png"
-    embedding = report.plot_tsne(features, labels, ["ang", "sad", "neu"], path, title="t", seed=0)
+    embedding = plots.plot_tsne(features, labels, ["ang", "sad", "neu"], path, title="t", seed=0)
     assert embedding.shape == (30, 2) and np.all(np.isfinite(embedding))
     assert path.read_bytes()[:8] == PNG_MAGIC
-    again = report.plot_tsne(features, labels, ["ang", "sad", "neu"], tmp_path / "b.png", seed=0)
+    again = plots.plot_tsne(features, labels, ["ang", "sad", "neu"], tmp_path / "b.png", seed=0)
     np.testing.assert_allclose(again, embedding)
 
 
 def test_plot_tsne_tiny_and_bad_input(tmp_path):
-    emb = report.plot_tsne(
+    emb = plots.plot_tsne(
         np.arange(8.0).reshape(4, 2), [0, 1, 0, 1], ["a", "b"], tmp_path / "t.png"
     )
     assert emb.shape == (4, 2)
     with pytest.raises(ValueError, match="N >= 2"):
-        report.plot_tsne(np.zeros((1, 3)), [0], ["a"], tmp_path / "x.png")
+        plots.plot_tsne(np.zeros((1, 3)), [0], ["a"], tmp_path / "x.png")

@@ -16,10 +16,11 @@ import safetensors.numpy
 import torch
 import transformers
 
-from msjax.audio import load_audio
+from msjax.convert.encoders import load_configured_encoder
 from msjax.convert.hf import _convert, load_ssl
-from msjax.encoders import load_configured_encoder, normalize_waveform
 from msjax.errors import CheckpointError
+from msjax.features.audio import load_audio
+from msjax.models.encoder import normalize_waveform
 from msjax.models.ssl import (
     REMAT_POLICIES,
     SSLConfig,
@@ -439,7 +440,7 @@ def test_remat_keeps_params_loss_and_gradients():
 
 
 def test_run_config_turns_remat_on_for_finetuning_only():
-    from configs import default
+    from msjax.configs import default
 
     config = default.get_config()
     config.ssl.name = "random:tiny"

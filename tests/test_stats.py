@@ -1,4 +1,4 @@
-"""Paired comparison (msjax/stats.py) against scipy, and the ablation table built on it."""
+"""Paired comparison (msjax/results/stats.py) against scipy, and the ablation table built on it."""
 
 import csv
 import json
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from scipy import stats as st
 
-from msjax import ablation
 from msjax.errors import DataError
-from msjax.stats import difference_summary, paired_difference, wilcoxon_pvalue
+from msjax.results import ablation
+from msjax.results.stats import difference_summary, paired_difference, wilcoxon_pvalue
 
 # Per-fold UA of two variants on 8 folds (fixed numbers, no ties, no zero difference).
 FULL = np.array([0.712, 0.655, 0.803, 0.721, 0.684, 0.598, 0.770, 0.731])

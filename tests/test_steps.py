@@ -13,10 +13,10 @@ import optax
 import pytest
 from conftest import REPO, cpu_env
 
+from msjax.features.store import Entry
 from msjax.models.emoboost import MSEmoBoost, dummy_batch
 from msjax.train import setup
 from msjax.train.loop import FoldRunner, NonFiniteLossError
-from msjax.train.pipeline import Entry
 from msjax.train.steps import create_state, make_mesh, make_steps
 
 B, FRAMES, BINS, SSL_FRAMES, SSL_DIM, CLASSES = 4, 50, 200, 10, 8, 3

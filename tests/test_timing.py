@@ -1,12 +1,12 @@
-"""msjax.timing: off it costs nothing; recording, a run reports each of its phases."""
+"""msjax.runtime.timing: off it costs nothing; recording, a run reports each of its phases."""
 
 import time
 
 import jax.numpy as jnp
 import pytest
+from msjax.configs import synthetic
 
-from configs import synthetic
-from msjax import timing
+from msjax.runtime import timing
 
 
 def test_off_section_does_nothing_and_timed_is_the_function():

@@ -26,14 +26,14 @@ import torch
 import transformers
 from conftest import REPO
 
-from msjax import checkpoint
-from msjax.cache import FeatureCache
 from msjax.convert.hf import load_ssl
 from msjax.convert.pth import read_pth
 from msjax.convert.torchvision import expected_shapes, load_alexnet_params
 from msjax.data import manifest
 from msjax.errors import CheckpointError, DataError
-from msjax.predict import Predictor
+from msjax.features.cache import FeatureCache
+from msjax.inference.predict import Predictor
+from msjax.io import checkpoint
 
 ZIP, LEGACY = True, False
 FORMATS = pytest.mark.parametrize("zip_format", [ZIP, LEGACY], ids=["zip", "legacy"])

@@ -7,7 +7,7 @@
 
 Each variant trains in <workdir>/<variant>/ sharing one feature cache; the
 comparison (paper Tables 3-4) goes to ablation.txt, ablation.csv and ablation.json,
-with each variant's per-fold paired difference from the full model (msjax/ablation.py).
+with each variant's per-fold paired difference from the full model (msjax/results/ablation.py).
 `--fold=k` jobs train fold k of each variant; bin/summarize then merges them.
 """
 
@@ -17,9 +17,9 @@ import copy
 
 from absl import flags
 
-from msjax import progress
-from msjax.ablation import VARIANTS
 from msjax.cli import common
+from msjax.results.ablation import VARIANTS
+from msjax.runtime import progress
 
 common.define_run_flags()
 common.define_distributed_flags()
@@ -37,8 +37,8 @@ def selected_variants() -> list[str]:
 
 
 def main() -> int:
-    from msjax import distributed
-    from msjax.ablation import ablation_rows, read_fold_results, table_line, write_ablation
+    from msjax.results.ablation import ablation_rows, read_fold_results, table_line, write_ablation
+    from msjax.runtime import distributed
     from msjax.train.run import train_and_evaluate
 
     common.start_distributed()

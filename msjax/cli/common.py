@@ -5,7 +5,7 @@ The config file is chosen by `--dataset` (configs/<dataset>.py) unless
 flags below, when given, override both.
 Exit codes: 0 success, 2 usage error, 3 data error, including damaged checkpoints
 and disks that cannot be written (one-line messages); 130 after SIGINT (Ctrl-C) and
-143 after SIGTERM, with one line saying what was kept (msjax.interrupts).
+143 after SIGTERM, with one line saying what was kept (msjax.runtime.interrupts).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from msjax import interrupts, progress, runtime
+from msjax import runtime
 from msjax.errors import DataError, MsjaxError, UsageError
-from msjax.validation import field_names, unknown_field_message
+from msjax.experiment.validation import field_names, unknown_field_message
+from msjax.runtime import interrupts, progress
 
 DATASETS = ("synthetic", "emodb", "emovo", "iemocap", "ravdess", "cremad", "manifest")
 FLAGS = flags.FLAGS
@@ -35,9 +36,9 @@ flags.DEFINE_bool(
 
 
 def config_file(dataset: str) -> Path:
-    """configs/<dataset>.py (default.py for an unknown name) of the `configs` package:
-    the checkout's, or the copy a regular install puts beside msjax."""
-    import configs  # only commands that run on a config need the package
+    """configs/<dataset>.py (default.py for an unknown name): the file of the installed
+    `msjax.configs` package (the checkout's configs/ for an editable install)."""
+    from msjax import configs  # only commands that run on a config need the package
 
     name = dataset if dataset in DATASETS else "default"
     return Path(configs.__file__).parent / f"{name}.py"
@@ -101,7 +102,7 @@ def define_distributed_flags() -> None:
 def start_distributed() -> None:
     """Starts the distributed runtime when asked for (before any JAX computation);
     processes other than 0 then log warnings and errors only."""
-    from msjax import distributed
+    from msjax.runtime import distributed
 
     if not distributed.initialize(
         FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id

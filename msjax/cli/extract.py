@@ -14,10 +14,10 @@ common.define_run_flags()
 
 
 def main() -> int:
-    from msjax.cache import FeatureCache
-    from msjax.encoders import load_encoder
-    from msjax.features import FeatureConfig
-    from msjax.train.pipeline import FeatureStore, cache_root
+    from msjax.convert.encoders import load_encoder
+    from msjax.features.acoustic import FeatureConfig
+    from msjax.features.cache import FeatureCache
+    from msjax.features.store import FeatureStore, cache_root
     from msjax.train.run import prepare_data
 
     config = common.resolved_config()

@@ -9,7 +9,7 @@
 Rows are written as files are done. Bad files are reported with status "error" and
 do not stop the run (exit code 3 when any failed); a truncated WAV, a clip under a
 quarter of a segment and near-silent audio (RMS under -60 dBFS) are predicted with
-status "warning" and the reason (msjax.predict.input_warnings). An --output,
+status "warning" and the reason (msjax.inference.predict.input_warnings). An --output,
 --timeline or plot that exists is refused unless --overwrite is given. Interrupted
 (Ctrl-C, SIGTERM), the rows written so far stay whole. --checkpoint takes a fold
 directory, its best/ or best/<epoch>; its files are checked against the SHA-256
@@ -32,9 +32,9 @@ from pathlib import Path
 
 from absl import flags
 
-from msjax import interrupts
 from msjax.cli import common
 from msjax.errors import DataError, UsageError
+from msjax.runtime import interrupts
 
 flags.DEFINE_string(
     "checkpoint", None, "A fold directory of a training run, its best/ or best/<epoch>."
@@ -62,15 +62,14 @@ FLAGS = flags.FLAGS
 
 
 def _kept(done: int, total: int, out: Path | None) -> None:
-    """What an interrupt leaves (msjax.interrupts): the rows of the files done."""
+    """What an interrupt leaves (msjax.runtime.interrupts): the rows of the files done."""
     where = f" (their rows are in {out})" if out else ""
     again = "rerun with --overwrite" if out else "rerun"
     interrupts.kept(f"after {done} of {total} files{where}", f"{again} to predict them all")
 
 
 def main() -> int:
-    from msjax import progress
-    from msjax.predict import (
+    from msjax.inference.predict import (
         Predictor,
         RecordWriter,
         check_folder,
@@ -78,7 +77,8 @@ def main() -> int:
         expand_inputs,
         predict_files,
     )
-    from msjax.timeline import TimelineOutput, check_plots
+    from msjax.inference.timeline import TimelineOutput, check_plots
+    from msjax.runtime import progress
 
     if not FLAGS.checkpoint or not FLAGS.input:
         raise UsageError("--checkpoint and --input are required")

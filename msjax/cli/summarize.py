@@ -21,7 +21,7 @@ FLAGS = flags.FLAGS
 
 
 def main() -> int:
-    from msjax.summary import summarize_workdir
+    from msjax.results.summary import summarize_workdir
 
     if not FLAGS.workdir:
         raise UsageError("--workdir is required")

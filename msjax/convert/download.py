@@ -58,7 +58,7 @@ def fetch(url: str, sha256: str, dest: Path, *, timeout: float = 60.0) -> Path:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    # Its own `.part` file rather than msjax.files.atomic_write: the network's errors are
+    # Its own `.part` file rather than msjax.io.files.atomic_write: the network's errors are
     # OSErrors too, which atomic_write would report as a disk that cannot be written.
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".part")
     try:

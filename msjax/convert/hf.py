@@ -31,8 +31,8 @@ import numpy as np
 
 from msjax.convert import mismatch
 from msjax.convert.pth import tensor_budget
-from msjax.encoders import Encoder
 from msjax.errors import CheckpointError
+from msjax.models.encoder import Encoder
 from msjax.models.ssl import SSLConfig, SSLEncoder
 
 logger = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ def load_ssl(
             "freeze_feature_encoder": True}.
 
     Returns:
-        The loaded `msjax.encoders.Encoder`, named `name_or_path`.
+        The loaded `msjax.models.encoder.Encoder`, named `name_or_path`.
 
     Raises:
         CheckpointError: missing files, an unsupported config, or tensors that do not

@@ -22,11 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msjax import npz
 from msjax.convert import mismatch
 from msjax.convert.pth import read_pth
 from msjax.errors import CheckpointError
-from msjax.files import atomic_write
+from msjax.io import npz
+from msjax.io.files import atomic_write
 from msjax.models.alexnet import CONV_LAYERS, AlexNetFeatures
 
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"

@@ -9,7 +9,7 @@ for the shared emotions, surprise last):
     5 neutral (neu), 6 surprise (sor, sorpresa)
 
 The corpus has 588 utterances: 6 speakers x 7 emotions x 14 sentences (84 per class).
-Files are 48 kHz stereo; `msjax.audio.load_audio` mixes down and resamples.
+Files are 48 kHz stereo; `msjax.features.audio.load_audio` mixes down and resamples.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from pathlib import Path
 from msjax.data.layout import audio_duration, check_counts
 from msjax.data.records import Dataset, Utterance, sort_key
 from msjax.errors import AudioError, DataError, UsageError
-from msjax.files import atomic_write
+from msjax.io.files import atomic_write
 
 log = logging.getLogger(__name__)
 

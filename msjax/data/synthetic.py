@@ -29,7 +29,7 @@ from msjax.data import emodb
 from msjax.data.layout import check_counts, layout_error
 from msjax.data.records import Dataset
 from msjax.errors import UsageError
-from msjax.files import atomic_write
+from msjax.io.files import atomic_write
 
 SAMPLE_RATE = 16000
 MANIFEST = "synthetic.json"

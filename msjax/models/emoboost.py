@@ -1,7 +1,7 @@
 """MS-EmoBoost: MFCC and spectrogram guidance pooling SSL features (paper eq. 2-13).
 
 One 3 s segment, batch B (the paper's Fig. 2; MFCC [300, 40] and
-spectrogram [200, 300] from msjax.features, the image from msjax.image):
+spectrogram [200, 300] from msjax.features.acoustic, the image from msjax.features.image):
 
     mfcc  [B, 300, 40] -> frame L2-normalise -> Bi-LSTM [B, 300, 512]
           -> residual self-attention -> flatten -> dropout -> Linear+ReLU   [B, 128]
@@ -193,7 +193,7 @@ def from_configs(num_classes: int, feature_cfg: Any, ssl_config: Any, **kwargs: 
 
     Args:
         num_classes: C.
-        feature_cfg: msjax.features.FeatureConfig (uses `segment_samples`).
+        feature_cfg: msjax.features.acoustic.FeatureConfig (uses `segment_samples`).
         ssl_config: SSL encoder config with `num_frames(n_samples)` and `hidden_size`.
         **kwargs: other MSEmoBoost fields (use_attention, encoder, ...).
 

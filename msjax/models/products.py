@@ -113,3 +113,7 @@ def _dense_grads(
 
 
 _low_dot.defvjp(_low_dot_fwd, _low_dot_bwd)
+
+
+# What `compute_dtype` may be, by name (configs, bin/predict's --compute_dtype).
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

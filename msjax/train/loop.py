@@ -17,10 +17,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from msjax import checkpoint, distributed, inference, interrupts, progress, runtime, timing
-from msjax import metrics as M
+from msjax import inference, runtime
 from msjax.errors import DataError
-from msjax.train.pipeline import Entry, FeatureStore, device_batch, iterate_batches, prefetch
+from msjax.features.store import Entry, FeatureStore, device_batch, iterate_batches, prefetch
+from msjax.io import checkpoint
+from msjax.results import metrics as M
+from msjax.runtime import distributed, interrupts, progress, timing
 
 log = logging.getLogger(__name__)
 

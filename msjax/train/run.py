@@ -7,7 +7,7 @@ Loads the dataset, writes the folds, fills the feature cache, trains each fold
   workdir/inputs.json        every clip's SHA-256, label and path; the encoder's identity
   workdir/folds.json         every fold's membership and class counts
   workdir/fold_XX/           checkpoints, result.json, predictions.csv, confusion.csv
-                             (in fold_XX/seed_<seed>/ with config.seeds > 1: msjax.summary)
+                             (in fold_XX/seed_<seed>/ with config.seeds > 1: msjax.results.summary)
   workdir/results.json       protocol, seeds, versions, per-fold and mean ± std metrics
   workdir/confusion.{csv,png}  pooled over the test folds
   workdir/tsne_{plain,enhanced}.png  on request (config.tsne)
@@ -30,26 +30,30 @@ import ml_collections
 import numpy as np
 import optax
 
-from msjax import distributed, inference, interrupts, lock, progress, report, timing
-from msjax import metrics as M
-from msjax.audio import wav_header_problem
-from msjax.cache import FeatureCache, audio_hash
+from msjax import inference
+from msjax.convert.encoders import load_configured_encoder
 from msjax.data import load_dataset, loader_options
 from msjax.data.folds import SPLITS, Fold, class_weights, folds_to_dict, make_folds, summarize_folds
 from msjax.data.records import Dataset
 from msjax.data.synthetic import generate_corpus
-from msjax.encoders import Encoder, load_configured_encoder
 from msjax.errors import DataError, UsageError, writing
-from msjax.features import FeatureConfig
-from msjax.files import atomic_write, write_once
-from msjax.image import fit_minmax
-from msjax.summary import finished_runs, read_json, results_line, run_dirs, write_summary
+from msjax.experiment.validation import check_config
+from msjax.features.acoustic import FeatureConfig
+from msjax.features.audio import wav_header_problem
+from msjax.features.cache import FeatureCache, audio_hash
+from msjax.features.image import fit_minmax
+from msjax.features.store import FeatureStore, cache_root
+from msjax.io import lock
+from msjax.io.files import atomic_write, json_bytes, write_json, write_once
+from msjax.models.encoder import Encoder
+from msjax.results import metrics as M
+from msjax.results import report
+from msjax.results.summary import finished_runs, read_json, results_line, run_dirs, write_summary
+from msjax.runtime import distributed, interrupts, progress, timing
 from msjax.train import setup
 from msjax.train.loop import FoldRunner
-from msjax.train.pipeline import FeatureStore, cache_root
 from msjax.train.steps import create_state, make_mesh, make_steps
 from msjax.train.tsne import write_tsne
-from msjax.validation import check_config
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +141,7 @@ def _check_workdir(
     saved = {
         "config.json": (json.loads(config.to_json_best_effort()), "the run config"),
         "inputs.json": (inputs, "the run inputs"),
-        "folds.json": (json.loads(report.json_bytes(folds_to_dict(folds))), "the folds"),
+        "folds.json": (json.loads(json_bytes(folds_to_dict(folds))), "the folds"),
     }
     differences = {}
     for name, (current, what) in saved.items():
@@ -166,7 +170,7 @@ def _check_workdir(
     for name, difference in differences.items():
         log.warning("%s: replaced (%s; no training had started)", workdir / name, difference)
         current, what = saved[name]
-        atomic_write(workdir / name, lambda f, obj=current: f.write(report.json_bytes(obj)), what)
+        atomic_write(workdir / name, lambda f, obj=current: f.write(json_bytes(obj)), what)
 
 
 def _training_started(workdir: Path) -> Path | None:
@@ -181,7 +185,7 @@ def _training_started(workdir: Path) -> Path | None:
 
 def _save_once(path: Path, obj: dict, what: str) -> dict | None:
     """Creates `path` holding `obj` as JSON; None, or the JSON already there."""
-    existing = write_once(path, report.json_bytes(obj), what)
+    existing = write_once(path, json_bytes(obj), what)
     if existing is None:
         return None
     try:
@@ -341,8 +345,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     Rerunning with the same workdir resumes: finished folds are skipped and a
     fold that was interrupted continues from its last saved epoch. A whole run
-    holds the workdir's lock, a --fold=k run only its fold's (msjax.lock). In a
-    multi-process run (msjax.distributed) process 0 holds the locks and writes
+    holds the workdir's lock, a --fold=k run only its fold's (msjax.io.lock). In a
+    multi-process run (msjax.runtime.distributed) process 0 holds the locks and writes
     the files; every process trains on its rows of each batch.
     """
     workdir = Path(workdir)
@@ -373,7 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
 @contextlib.contextmanager
 def _main_holds(directory: Path) -> Iterator[None]:
-    """Holds `directory`'s lock (msjax.lock) for the block: in a multi-process run,
+    """Holds `directory`'s lock (msjax.io.lock) for the block: in a multi-process run,
     process 0 holds it for all, and the others stop if it could not."""
     with contextlib.ExitStack() as stack:
         distributed.main_first(
@@ -539,14 +543,14 @@ def run_fold(
     if distributed.is_main():
         _write_predictions(fold_dir / "predictions.csv", test, labels)
         report.write_confusion_csv(test["cm"], labels, fold_dir / "confusion.csv")
-        report.write_json(result, fold_dir / "result.json")
+        write_json(result, fold_dir / "result.json")
     distributed.barrier(f"{fold_dir} written")  # every process sees the fold finished
     return result
 
 
 def _fit_norm(store: FeatureStore, train: list) -> dict[str, np.ndarray]:
     """Per-bin spectrogram range {"lo", "hi"} [F] of the training segments; each
-    process reads its share of them (msjax.distributed)."""
+    process reads its share of them (msjax.runtime.distributed)."""
     specs = (s for e in distributed.share(train) for s in store.load(e, ["acoustic"])["spec"])
     norm = fit_minmax(specs)
     lo, hi = distributed.all_min_max(norm.lo, norm.hi)

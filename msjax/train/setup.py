@@ -22,10 +22,10 @@ from msjax.convert.download import alexnet_weights_file
 from msjax.convert.torchvision import load_alexnet_params
 from msjax.data.folds import Fold
 from msjax.data.records import Dataset
-from msjax.encoders import Encoder
-from msjax.features import FeatureConfig
-from msjax.inference import COMPUTE_DTYPES
+from msjax.features.acoustic import FeatureConfig
 from msjax.models.emoboost import MSEmoBoost, dummy_batch, replace_alexnet
+from msjax.models.encoder import Encoder
+from msjax.models.products import COMPUTE_DTYPES
 
 
 def data_root(config: ml_collections.ConfigDict, workdir: Path) -> Path:

@@ -7,11 +7,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from msjax import checkpoint, inference, report
-from msjax.features import FeatureConfig
-from msjax.summary import fold_dir
+from msjax import inference
+from msjax.features.acoustic import FeatureConfig
+from msjax.features.store import iterate_batches
+from msjax.io import checkpoint
+from msjax.results import plots
+from msjax.results.summary import fold_dir
 from msjax.train import setup
-from msjax.train.pipeline import iterate_batches
 
 
 def write_tsne(config, workdir: Path, dataset, folds, entries, store, encoder) -> None:
@@ -58,12 +60,12 @@ def write_tsne(config, workdir: Path, dataset, folds, entries, store, encoder) -
         label_of = {e.uid: e.label for e in test}
         labels.extend(label_of[u] for u in uids)
     plain, labels = np.concatenate(plain), np.array(labels)
-    report.plot_tsne(
+    plots.plot_tsne(
         plain, labels, dataset.labels, workdir / "tsne_plain.png",
         title="SSL features, mean-pooled", seed=config.seed,
     )
     if enhanced:
-        report.plot_tsne(
+        plots.plot_tsne(
             np.concatenate(enhanced), labels, dataset.labels, workdir / "tsne_enhanced.png",
             title="SSL features, MS-EmoBoost enhanced", seed=config.seed,
         )

@@ -1,6 +1,6 @@
 """Features of a whole corpus, spread over one worker process per core.
 
-`iter_file_features` (decode, resample, MFCC, spectrogram: msjax.features'
+`iter_file_features` (decode, resample, MFCC, spectrogram: msjax.features.acoustic'
 `file_features`) and `iter_utterance_features` (the features of waveforms already in
 memory) hand utterances to a pool of worker processes in small batches and yield the
 results in input order, with a bounded number of batches in flight. A bad file ends
@@ -21,7 +21,7 @@ import numpy as np
 from joblib.externals.loky import get_reusable_executor
 
 from msjax.errors import MsjaxError, UsageError
-from msjax.features import FeatureConfig, file_features, utterance_features
+from msjax.features.acoustic import FeatureConfig, file_features, utterance_features
 
 # Utterances per pool task (a 2 s clip takes about 2 ms): enough to amortise the
 # inter-process round trip, few enough to keep both workers busy to the end.

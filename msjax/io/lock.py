@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from msjax.errors import UsageError, writing
-from msjax.files import write_once
+from msjax.io.files import write_once
 
 log = logging.getLogger(__name__)
 

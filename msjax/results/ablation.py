@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from msjax import metrics as M
-from msjax import report
 from msjax.errors import DataError
-from msjax.stats import PairedDifference, difference_summary
+from msjax.io.files import write_json, write_text
+from msjax.results import metrics as M
+from msjax.results import report
+from msjax.results.stats import PairedDifference, difference_summary
 
 REFERENCE = "full"
 # variant -> model overrides; each trains in <workdir>/<variant>/, in this order.
@@ -38,7 +39,7 @@ _P_FIELDS = (("p (t)", "t_pvalue"), ("p (W)", "wilcoxon_pvalue"))
 
 
 def read_fold_results(run_dir: Path) -> list[dict]:
-    """The result.json of every finished fold (and seed: msjax.summary) under `run_dir`,
+    """The result.json of every finished fold (and seed: msjax.results.summary) under `run_dir`,
     in fold order."""
     run_dir = Path(run_dir)
     paths = [*run_dir.glob("fold_*/result.json"), *run_dir.glob("fold_*/seed_*/result.json")]
@@ -137,7 +138,7 @@ def table_line(workdir: Path) -> str:
 def write_ablation(rows: Sequence[Mapping], workdir: Path) -> str:
     """Writes ablation.txt, ablation.csv and ablation.json; returns the table."""
     table = ablation_table(rows)
-    report.write_text(table + "\n", workdir / "ablation.txt")
+    write_text(table + "\n", workdir / "ablation.txt")
     fields = [field.name for field in dataclasses.fields(PairedDifference)]
     header = ["variant", *(f"{key}_{s}" for _, key in SUMMARY_METRICS for s in ("mean", "std"))]
     header += ["folds"]
@@ -150,6 +151,6 @@ def write_ablation(rows: Sequence[Mapping], workdir: Path) -> str:
         summary = [v for name, _ in SUMMARY_METRICS for v in row[name]]
         diffs = [paired[m][k] if paired else "" for m, _ in PAIRED_METRICS for k in fields]
         writer.writerow([row["variant"], *summary, row["folds"], *diffs])
-    report.write_text(out.getvalue(), workdir / "ablation.csv")
-    report.write_json(rows, workdir / "ablation.json")
+    write_text(out.getvalue(), workdir / "ablation.csv")
+    write_json(rows, workdir / "ablation.json")
     return table

@@ -25,13 +25,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msjax import checkpoint, inference, interrupts, runtime
-from msjax.audio import wav_header_problem
-from msjax.encoders import Encoder, load_encoder
+from msjax import inference, runtime
+from msjax.convert.encoders import load_encoder
 from msjax.errors import AudioError, CheckpointError, DataError, UsageError, writing
-from msjax.features import FeatureConfig, Segments
+from msjax.features.acoustic import FeatureConfig, Segments
+from msjax.features.audio import wav_header_problem
+from msjax.features.streaming import file_segments
+from msjax.io import checkpoint
+from msjax.models.encoder import Encoder
+from msjax.models.products import COMPUTE_DTYPES
 from msjax.models.ssl import SSLConfig, SSLEncoder
-from msjax.streaming import file_segments
+from msjax.runtime import interrupts
 
 # Suffixes of audio files a folder is searched for; libsndfile decodes the first
 # ones, the others get an error row.
@@ -73,10 +77,10 @@ class Predictor:
         window_seconds: float = DEFAULT_WINDOW_SECONDS,
         compute_dtype: str = "float32",
     ):
-        if compute_dtype not in inference.COMPUTE_DTYPES:
+        if compute_dtype not in COMPUTE_DTYPES:
             raise UsageError(
                 f"--compute_dtype={compute_dtype}: must be one of "
-                + ", ".join(inference.COMPUTE_DTYPES)
+                + ", ".join(COMPUTE_DTYPES)
             )
         if batch_size < 1:
             raise UsageError(f"--batch_size={batch_size}: must be at least 1")
@@ -97,7 +101,7 @@ class Predictor:
         self.window = segments * self.feature_cfg.segment_samples
         variables = checkpoint.restore_best(best_dir, None)
         finetune = meta["ssl"]["finetune"]
-        dtype = inference.COMPUTE_DTYPES[compute_dtype]
+        dtype = COMPUTE_DTYPES[compute_dtype]
         try:
             loaded = self._encoder(meta["ssl"], variables["params"])
             network = inference.build_model(

@@ -1,6 +1,6 @@
 """The inference path: from stored features to utterance probabilities.
 
-Training's evaluation (msjax.train.steps and loop), prediction (msjax.predict), the
+Training's evaluation (msjax.train.steps and loop), prediction (msjax.inference.predict), the
 t-SNE pictures and the benchmarks all go through these functions, so a checkpoint
 predicts exactly as it was validated:
 
@@ -9,6 +9,9 @@ predicts exactly as it was validated:
       -> log_probs     segment log-softmax [B, C]
       -> utterance_predictions  mean over each utterance's segments [U, C]
       -> probabilities          renormalised into a distribution [U, C]
+
+Submodules: `predict` (a checkpoint over audio files, bin/predict) and `timeline`
+(per-segment rows and plots of a recording).
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from msjax.encoders import Encoder, normalize_waveform
-from msjax.features import FeatureConfig
-from msjax.image import spec_to_image
-from msjax.metrics import log_softmax
+from msjax.features.acoustic import FeatureConfig
+from msjax.features.image import spec_to_image
 from msjax.models.emoboost import MSEmoBoost, from_configs
+from msjax.models.encoder import Encoder, normalize_waveform
+from msjax.results.metrics import log_softmax
 
 Batch = dict[str, jax.Array]
 
@@ -78,10 +81,6 @@ def model_inputs(
     if "wav" in batch:
         inputs["wav"] = normalize_wav(batch["wav"]) if normalize_wav else batch["wav"]
     return inputs
-
-
-# What `compute_dtype` may be, by name (bin/predict's --compute_dtype, configs).
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def cast_floats(tree: Any, dtype: jnp.dtype) -> Any:

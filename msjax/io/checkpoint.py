@@ -14,7 +14,7 @@ every file; loading checks each file against it and refuses a damaged one. The m
 detects damage, not tampering: for a checkpoint from someone else, loading also checks
 the metadata's fields and that its arrays are not far larger than their files (orbax
 fills missing chunks, so a small checkpoint could declare arrays of any size).
-In a multi-process run (msjax.distributed) every process saves and restores its
+In a multi-process run (msjax.runtime.distributed) every process saves and restores its
 part through orbax, and process 0 writes the manifest once all parts are in place.
 """
 
@@ -40,8 +40,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from msjax import distributed, interrupts, report
 from msjax.errors import CheckpointError, WriteError, writing
+from msjax.io.files import write_json
+from msjax.runtime import distributed, interrupts
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +197,7 @@ def _check_space(directory: Path, tree: Any, what: str) -> None:
 def _save(directory: Path, step: int, args: ocp.args.Composite, tree: Any, what: str) -> None:
     """Saves `args` (holding the arrays of `tree`) as `directory/<step>` plus its
     manifest; cleans up after a failure. SIGINT and SIGTERM wait until both are
-    written (msjax.interrupts)."""
+    written (msjax.runtime.interrupts)."""
     with interrupts.deferred():
         _save_now(directory, step, args, tree, what)
 
@@ -218,7 +219,7 @@ def _save_now(directory: Path, step: int, args: ocp.args.Composite, tree: Any,
                 mngr.save(step, args=args)
             if main:
                 hashes = {str(p.relative_to(step_dir)): _sha256(p) for p in _files(step_dir)}
-                report.write_json({"files": hashes}, step_dir / MANIFEST)
+                write_json({"files": hashes}, step_dir / MANIFEST)
             distributed.barrier(f"saved {step_dir}")
         _saving.discard(saving)
     except BaseException as err:

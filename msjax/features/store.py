@@ -20,11 +20,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from msjax import interrupts, progress
-from msjax.cache import FeatureCache, audio_hash
 from msjax.data.records import Dataset, Utterance
-from msjax.feature_pool import iter_file_features
-from msjax.features import FeatureConfig, segment
+from msjax.features.acoustic import FeatureConfig, segment
+from msjax.features.cache import FeatureCache, audio_hash
+from msjax.features.pool import iter_file_features
+from msjax.runtime import interrupts, progress
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +54,7 @@ class FeatureStore:
         """Args:
         cache: where entries live.
         feature_cfg: the acoustic feature settings (part of every key).
-        encoder: an `msjax.encoders.Encoder` for frozen SSL features, or None.
+        encoder: an `msjax.models.encoder.Encoder` for frozen SSL features, or None.
         workers: feature-extraction processes; None for one per core, 1 for none.
         """
         self.cache = cache
@@ -91,7 +91,7 @@ class FeatureStore:
         Missing acoustic features are computed by a pool of worker processes
         (`self.workers`); a bad audio file raises AudioError naming it, and what was
         computed before it stays in the cache, so a rerun continues where this one
-        stopped. Both stages show a progress bar (msjax.progress) over the utterances
+        stopped. Both stages show a progress bar (msjax.runtime.progress) over the utterances
         they compute.
 
         Returns:
@@ -123,7 +123,7 @@ class FeatureStore:
         return {u.uid: self._entries[u.uid] for u in dataset.utterances}
 
     def _kept(self, what: str, cached: int, total: int) -> None:
-        """Tells msjax.interrupts how much of the cache a rerun finds filled."""
+        """Tells msjax.runtime.interrupts how much of the cache a rerun finds filled."""
         if self.cache.enabled:
             interrupts.kept(f"with the {what} of {cached} of {total} utterances cached "
                             f"in {self.cache.root}")
@@ -183,7 +183,7 @@ def extract_ssl(encoder, wavs: np.ndarray) -> np.ndarray:
     """Frozen SSL features for waveform segments, in fixed-size jitted batches.
 
     Args:
-      encoder: an `msjax.encoders.Encoder` (its `features` and `extract_batch_size`).
+      encoder: an `msjax.models.encoder.Encoder` (its `features` and `extract_batch_size`).
       wavs: [S, N] raw 16 kHz segments.
 
     Returns:
@@ -217,7 +217,7 @@ def iterate_batches(
 
     The last batch is zero-padded to `batch_size` with `mask` 0 on the padding,
     so every step sees one shape and jit traces once. Given `rows` (this process's
-    share of a multi-process batch, `msjax.distributed.local_rows`), only those rows
+    share of a multi-process batch, `msjax.runtime.distributed.local_rows`), only those rows
     of each batch are read.
 
     Args:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from msjax import report
 from msjax.errors import UsageError
-from msjax.predict import FileResult, RowWriter
+from msjax.inference.predict import FileResult, RowWriter
+from msjax.results import plots
 
 
 def segment_row(path: Path, k: int, logprobs: np.ndarray, labels: Sequence[str],
@@ -125,7 +125,7 @@ class TimelineOutput:
         for row in rows[written:] if self.writer else ():
             self.writer.write(row)
         if self.pngs:
-            report.plot_timeline(
+            plots.plot_timeline(
                 [r["start"] for r in rows], [r["end"] for r in rows],
                 [[r["probabilities"][n] for n in self.labels] for r in rows],
                 self.labels, self.pngs[index], title=result.path.name,

@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from msjax import ablation, report
-from msjax import metrics as M
-from msjax.ablation import SUMMARY_METRICS, is_finite_number
 from msjax.data.folds import read_folds_json
 from msjax.errors import DataError, UsageError
+from msjax.io.files import write_json
+from msjax.results import ablation, plots, report
+from msjax.results import metrics as M
+from msjax.results.ablation import SUMMARY_METRICS, is_finite_number
 
 
 def run_seeds(config: Mapping) -> list[int]:
@@ -136,10 +137,10 @@ def write_summary(workdir: Path) -> tuple[dict, str]:
         "seconds": sum(r.get("seconds", 0.0) for r in runs),
         "environment": report.environment_info(Path(__file__).resolve().parents[1]),
     }
-    report.write_json(results, workdir / "results.json")
+    write_json(results, workdir / "results.json")
     report.write_confusion_csv(pooled, labels, workdir / "confusion.csv")
     done = f"{len(runs)} of {len(runs) + len(missing)} trainings" if missing else None
-    report.plot_confusion_png(
+    plots.plot_confusion_png(
         pooled, labels, workdir / "confusion.png",
         title=f"MS-EmoBoost on {results['dataset']} ({done or f'{num_folds} folds'})",
     )

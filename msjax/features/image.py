@@ -12,7 +12,7 @@ Differences from CM, on purpose: CM quantises the scaled image to uint8 before
 resizing (a side effect of going through PIL); here it stays float32.
 
 Padded segments enter the fit, on purpose (CM fits on them too). Segment padding
-is the -top_db floor (msjax.features.segment), the value every spectrogram is
+is the -top_db floor (msjax.features.acoustic.segment), the value every spectrogram is
 clipped to, so it can only lower a bin's minimum to a level real silence reaches
 anyway, never raise or stretch a range; and it makes padding scale to exactly 0,
 the same black as silence, instead of to wherever the floor falls in a range

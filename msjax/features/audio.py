@@ -6,10 +6,10 @@ which decodes with libsndfile (any bit depth: 8/16/24/32-bit integer or float),
 averages the channels and resamples with soxr. Files that cannot be used raise
 `AudioError` with a one-line message naming the file.
 `stream_audio` gives the same waveform block by block, for recordings too long to
-hold at once (msjax.streaming).
+hold at once (msjax.features.streaming).
 
 Very short audio is allowed: anything with at least one sample at 16 kHz loads, and
-`msjax.features.segment` zero-pads every utterance to whole 3 s segments, so a clip
+`msjax.features.acoustic.segment` zero-pads every utterance to whole 3 s segments, so a clip
 shorter than one wav2vec2 receptive field (400 samples) still yields valid inputs.
 """
 

@@ -1,11 +1,9 @@
-"""SSL encoders by name: a Hugging Face checkpoint, or random weights of a named size.
+"""A loaded SSL encoder (`Encoder`) and seeded random ones of a named size.
 
-`load_encoder("facebook/wav2vec2-base")` or `load_encoder("/path/to/checkpoint")`
-loads real weights (msjax.convert.hf). `load_encoder("random:tiny")` builds a
-seeded random-init encoder of a preset size: no download, for smoke runs, tests
-and benchmarks. Either way the result is an `Encoder`: the Flax module with its
-weights, its identity (the feature cache key) and `features`, the frozen last
-hidden state [B, N] -> [B, F, D].
+An `Encoder` is the Flax module with its weights, its identity (the feature cache key)
+and `features`, the frozen last hidden state [B, N] -> [B, F, D]. `random_encoder("tiny")`
+builds one with random weights: no download, for smoke runs, tests and benchmarks.
+Encoders by name (hub id, local directory or random:<preset>): msjax.convert.encoders.
 """
 
 from __future__ import annotations
@@ -18,11 +16,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from msjax.cache import params_hash
 from msjax.errors import UsageError
+from msjax.features.cache import params_hash
 from msjax.models.ssl import SSLConfig, SSLEncoder
 
 RANDOM_PREFIX = "random:"
@@ -110,51 +107,25 @@ class Encoder:
         return dataclasses.replace(self, module=self.module.clone(remat_policy=policy))
 
 
-def load_configured_encoder(ssl: ml_collections.ConfigDict, seed: int = 0) -> Encoder:
-    """The encoder a run config's `ssl` section names, with its fine-tuning settings
-    (masking, LayerDrop, frozen conv stack, rematerialisation) when `ssl.finetune`.
+def random_encoder(name: str, *, seed: int = 0, extract_batch_size: int = 8) -> Encoder:
+    """The seeded random-init encoder `random:<preset>` names.
 
     Raises:
-      as `load_encoder`.
+      UsageError: an unknown preset.
     """
-    encoder = load_encoder(ssl["name"], seed=seed, extract_batch_size=ssl["extract_batch_size"])
-    if not ssl["finetune"]:
-        return encoder
-    encoder = encoder.with_config(
-        mask_time_prob=ssl["mask_time_prob"],
-        mask_time_length=ssl["mask_time_length"],
-        layerdrop=ssl["layerdrop"],
-        freeze_feature_encoder=ssl["freeze_feature_encoder"],
-    )
-    # Configs saved before the field never rematerialise.
-    return encoder.with_remat(ssl["remat_policy"] if ssl.get("remat", False) else None)
-
-
-def load_encoder(name: str, *, seed: int = 0, extract_batch_size: int = 8) -> Encoder:
-    """Loads an encoder by hub id, local directory or `random:<preset>`.
-
-    Raises:
-      UsageError: an unknown random preset.
-      CheckpointError: a checkpoint that is missing, incomplete or mismatched.
-    """
-    if name.startswith(RANDOM_PREFIX):
-        preset = name[len(RANDOM_PREFIX):]
-        if preset not in PRESETS:
-            raise UsageError(
-                f"--ssl={name}: unknown preset; choose one of "
-                + ", ".join(RANDOM_PREFIX + p for p in PRESETS)
-            )
-        config = SSLConfig(**PRESETS[preset])
-        module = SSLEncoder(config)
-        wav = jnp.zeros((1, config.receptive_field), jnp.float32)
-        params = jax.jit(module.init)(jax.random.key(seed), wav)["params"]
-        blob = json.dumps(dataclasses.asdict(config), sort_keys=True)
-        identity = hashlib.sha256(f"{blob}:{params_hash(params)}".encode()).hexdigest()
-        return Encoder(
-            name, module, params, config, normalize=True, identity=identity,
-            extract_batch_size=extract_batch_size,
+    preset = name[len(RANDOM_PREFIX):]
+    if preset not in PRESETS:
+        raise UsageError(
+            f"--ssl={name}: unknown preset; choose one of "
+            + ", ".join(RANDOM_PREFIX + p for p in PRESETS)
         )
-    # Imported here: msjax.convert.hf builds Encoders, so it imports this module.
-    from msjax.convert.hf import load_ssl
-
-    return dataclasses.replace(load_ssl(name), extract_batch_size=extract_batch_size)
+    config = SSLConfig(**PRESETS[preset])
+    module = SSLEncoder(config)
+    wav = jnp.zeros((1, config.receptive_field), jnp.float32)
+    params = jax.jit(module.init)(jax.random.key(seed), wav)["params"]
+    blob = json.dumps(dataclasses.asdict(config), sort_keys=True)
+    identity = hashlib.sha256(f"{blob}:{params_hash(params)}".encode()).hexdigest()
+    return Encoder(
+        name, module, params, config, normalize=True, identity=identity,
+        extract_batch_size=extract_batch_size,
+    )

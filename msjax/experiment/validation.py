@@ -16,8 +16,8 @@ import ml_collections
 
 from msjax.data.folds import PROTOCOLS
 from msjax.errors import UsageError
-from msjax.features import FeatureConfig
-from msjax.inference import COMPUTE_DTYPES
+from msjax.features.acoustic import FeatureConfig
+from msjax.models.products import COMPUTE_DTYPES
 from msjax.models.ssl import REMAT_POLICIES
 
 # Smallest spectrogram image side AlexNet's five convolutions and three poolings accept.

@@ -26,8 +26,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from msjax.audio import audio_frames, load_audio, preemphasis, stream_audio
-from msjax.features import (
+from msjax.features.acoustic import (
     FeatureConfig,
     Segments,
     log_mel_db,
@@ -37,6 +36,7 @@ from msjax.features import (
     spectrogram_power,
     utterance_features,
 )
+from msjax.features.audio import audio_frames, load_audio, preemphasis, stream_audio
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,9 +21,9 @@ rounding and runs several times faster (cache-sized chunks of frames, power as
 re^2 + im^2, a block-sparse mel product, single-threaded BLAS). Silent input gives
 finite features: every log is floored (power 1e-10) exactly as librosa floors it.
 
-For a whole corpus, `msjax.feature_pool` runs `file_features` and
+For a whole corpus, `msjax.features.pool` runs `file_features` and
 `utterance_features` in one worker process per core. A recording too long to hold at
-once gets the same features window by window (msjax.streaming), with the utterance's
+once gets the same features window by window (msjax.features.streaming), with the utterance's
 levels passed in (`ref_db`, `peak`).
 
 An utterance of N samples gives ceil(N / 48000) segments, at least one: exactly 3 s
@@ -47,8 +47,8 @@ import numpy as np
 import scipy.fft
 from threadpoolctl import ThreadpoolController
 
-from msjax.audio import load_audio, preemphasis
 from msjax.errors import UsageError
+from msjax.features.audio import load_audio, preemphasis
 
 # Bump when the feature computation changes in a way the fields do not capture, so
 # that caches keyed by `FeatureConfig.fingerprint()` are invalidated.

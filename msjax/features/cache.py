@@ -27,8 +27,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from msjax import npz
-from msjax.files import atomic_write
+from msjax.io import npz
+from msjax.io.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -1,12 +1,20 @@
-"""Atomic file writes: readers see the old file, the new one, or none; never a part."""
+"""Atomic file writes: readers see the old file, the new one, or none; never a part.
+
+`write_json` and `write_text` write a whole file so; JSON is strict (non-finite floats
+become null) and numpy values, tuples and paths are converted.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
+
+import numpy as np
 
 from msjax.errors import writing
 
@@ -67,3 +75,39 @@ def _complete_temporary(path: Path, write: Callable[[BinaryIO], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return Path(tmp)
+
+
+def write_json(obj: Any, path: Path) -> None:
+    """Writes `obj` as indented JSON, atomically.
+
+    numpy scalars and arrays, tuples and paths are converted; non-finite floats
+    become null, so the file is strict JSON.
+    """
+    atomic_write(path, lambda f: f.write(json_bytes(obj)), "the file")
+
+
+def write_text(text: str, path: Path) -> None:
+    """Writes `text` to `path`, atomically."""
+    atomic_write(path, lambda f: f.write(text.encode()), "the file")
+
+
+def json_bytes(obj: Any) -> bytes:
+    """The bytes `write_json` writes for `obj`."""
+    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False, ensure_ascii=False)
+    return (text + "\n").encode()
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
