@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from msjax import runtime
+from msjax.runtime import settings as runtime
 
 FLAG = "--xla_cpu_experimental_ynn_fusion_type"
 
@@ -102,7 +102,7 @@ def test_importing_msjax_changes_nothing_in_the_process():
 # 256 MiB allocations (and the RSS freed by release_free_memory, in MiB).
 _ALLOCATE = r"""
 import ctypes, resource, sys, threading
-from msjax import runtime
+from msjax.runtime import settings as runtime
 
 if sys.argv[1] == "on":
     assert runtime.configure_host_memory()
@@ -167,7 +167,7 @@ def test_commands_configure_the_process_before_their_main(monkeypatch):
     from msjax.cli import common
 
     calls = []
-    monkeypatch.setattr(runtime, "configure", lambda: calls.append("policy"))
+    monkeypatch.setattr(common.runtime, "configure", lambda: calls.append("policy"))
     monkeypatch.setattr(sys, "argv", ["prog"])
     with pytest.raises(SystemExit) as exit_:
         common.run(lambda: calls.append("main") or 0)
