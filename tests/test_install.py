@@ -26,7 +26,7 @@ for name in datasets:
 flags.FLAGS(["load"])
 for name in datasets:
     print(name, flags.FLAGS[name].value.dataset)
-print("from", Path(msjax.__file__).parent.parent, Path(configs.__file__).parent.parent)
+print("from", Path(msjax.__file__).parent.parent, Path(configs.__file__).parents[2])
 """
 
 
