@@ -69,3 +69,25 @@ def test_wheel_install_loads_every_config_from_anywhere(tmp_path):
     done = _python("-m", "msjax.cli.train", "--dataset=synthetic", f"--workdir={workdir}",
                    "--dry_run", cwd=elsewhere, target=target)
     assert done.stdout.startswith("synthetic: 112 utterances, 4 speakers")
+
+    # Every command is installed as msjax-<name>, and bin/<name> runs the same function.
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as whl:
+        (entry,) = [n for n in whl.namelist() if n.endswith("entry_points.txt")]
+        scripts = dict(
+            line.split(" = ") for line in whl.read(entry).decode().splitlines() if " = " in line
+        )
+    wrappers = sorted(p.name for p in (REPO / "bin").iterdir())
+    assert scripts == {
+        f"msjax-{name.replace('_', '-')}": f"msjax.cli.{name}:run" for name in wrappers
+    }
+    for name in wrappers:
+        assert f"from msjax.cli.{name} import run\n" in (REPO / "bin" / name).read_text()
+    for script in ("msjax-summarize", "msjax-manifest"):
+        # msjax's own flag handling answers: one line, exit 2.
+        done = subprocess.run([str(target / "bin" / script), "--no_such_flag"],
+                              capture_output=True, text=True, cwd=elsewhere,
+                              env=dict(os.environ, PYTHONPATH=str(target), JAX_PLATFORMS="cpu"))
+        assert (done.returncode, done.stderr.splitlines()) == (
+            2, ["error: Unknown command line flag 'no_such_flag'"]), done.stderr
