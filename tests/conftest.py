@@ -47,8 +47,9 @@ _CACHE_KEY = pytest.StashKey[str]()
 
 def pytest_configure(config: pytest.Config) -> None:
     """Sets msjax's XLA flags as the commands do (before JAX starts; the commands the
-    tests run inherit them, and import this checkout) and opens the session's compilation cache (pytest-xdist
-    workers share their controller's, inherited in JAX_COMPILATION_CACHE_DIR)."""
+    tests run inherit them, and import this checkout) and opens the session's compilation
+    cache (pytest-xdist workers share their controller's, inherited in
+    JAX_COMPILATION_CACHE_DIR)."""
     runtime.apply_xla_defaults()
     # The commands the tests start import this checkout's msjax, whatever is installed.
     os.environ["PYTHONPATH"] = os.pathsep.join(
