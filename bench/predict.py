@@ -108,10 +108,10 @@ def make_checkpoints(root: Path, seed: int) -> Path:
 
     import flax
     import jax
-    from msjax.configs import default
 
     import msjax
     from msjax import inference
+    from msjax.configs import default
     from msjax.convert.encoders import load_encoder
     from msjax.features.acoustic import FeatureConfig
     from msjax.io import checkpoint
@@ -199,9 +199,9 @@ class TorchRunner:
     def __init__(self, opts: dict[str, Any]):
         import torch
         import transformers
-        from msjax.configs import default
         from train_step import _torch_network
 
+        from msjax.configs import default
         from msjax.features.acoustic import FeatureConfig
 
         torch.set_num_threads(opts["threads"])

@@ -39,8 +39,8 @@ from conftest import (
     tiny_config,
     unavailable,
 )
-from msjax.configs import synthetic
 
+from msjax.configs import synthetic
 from msjax.convert.torchvision import alexnet_params, save_params
 from msjax.data import load_dataset, manifest
 from msjax.errors import AudioError, CheckpointError, UsageError, WriteError

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 from conftest import run
-from msjax.configs import manifest as manifest_config
 
+from msjax.configs import manifest as manifest_config
 from msjax.data import emodb, load_dataset, manifest
 from msjax.data.folds import make_folds
 from msjax.errors import DataError, UsageError

@@ -4,8 +4,8 @@ import time
 
 import jax.numpy as jnp
 import pytest
-from msjax.configs import synthetic
 
+from msjax.configs import synthetic
 from msjax.runtime import timing
 
 
