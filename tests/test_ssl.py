@@ -20,13 +20,8 @@ from msjax.audio import load_audio
 from msjax.convert.hf import _convert, load_ssl
 from msjax.encoders import load_configured_encoder, normalize_waveform
 from msjax.errors import CheckpointError
-from msjax.models.ssl import (
-    REMAT_POLICIES,
-    SSLConfig,
-    SSLEncoder,
-    _span_mask,
-    grouped_conv_1d,
-)
+from msjax.models.ssl import REMAT_POLICIES, SSLConfig, SSLEncoder, _span_mask
+from msjax.models.vjp import grouped_conv_1d
 
 TINY = dict(
     hidden_size=32,
