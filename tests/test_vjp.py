@@ -140,19 +140,20 @@ def test_grouped_conv_1d_matches_autodiff(dtype, tol, kernel):
 
 def test_float32_gradients_match_finite_differences():
     """Independent of the plain references above: each VJP along one random direction
-    against central differences. With eps 1e-3 the largest relative error measured was
-    1.4e-4 (float32 roundoff over eps), so rtol 5e-4."""
+    against float32 central differences, which were measured within 3e-4 relative, 6e-4
+    absolute, of it (eps 3e-3, 5 directions)."""
+
     def check(f, args):
-        check_grads(jax.jit(f), args, order=1, modes=["rev"], eps=1e-3, atol=1e-5, rtol=5e-4)
+        check_grads(jax.jit(f), args, order=1, modes=["rev"], eps=3e-3, atol=1e-4, rtol=1e-3)
 
     rng = np.random.default_rng(0)
-    x, w = _random(rng, (2, 3, 8), F32), _random(rng, (8, 4), F32)
+    x, w = _random(rng, (2, 3, 16), F32), _random(rng, (16, 4), F32)
     check(lambda a, b: low_dot(a, b, DENSE, None, F32), (x, w))
     pf, pb = (_random(rng, (4, 2, 8), F32) for _ in range(2))
     wh = _random(rng, (2, 2, 8), F32, scale=0.5)
     check(lambda *a: lstm_recurrence(*a, 1), (pf, pb, wh))
-    x, w = _random(rng, (2, 9, 4), F32), _random(rng, (3, 2, 4), F32)
-    check(lambda x, w: grouped_conv_1d(x, w, (1, 1), 2), (x, w))
+    x, w = _random(rng, (2, 9, 4), F32), _random(rng, (4, 2, 4), F32)
+    check(lambda x, w: grouped_conv_1d(x, w, (2, 1), 2), (x, w))
 
 
 def _require_tested_jax(*versions: str) -> None:
