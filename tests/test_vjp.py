@@ -14,6 +14,15 @@ from msjax.models.vjp import grouped_conv_1d, low_dot, lstm_recurrence
 DENSE = (((2,), (0,)), ((), ()))  # [B, T, K] x [K, N], nn.Dense's product
 BATCHED = (((2,), (2,)), ((0,), (0,)))  # [B, Q, D] x [B, K, D], attention scores
 
+# Largest relative error measured (fixed seeds, 2-core x86 CPU, jax 0.10.2) -> bound:
+# float32: low_dot 8e-8, lstm_recurrence 2e-7, grouped_conv_1d 5e-8 -> 1e-6, 1e-6, 2e-7;
+# bfloat16 operands with bfloat16 outputs: low_dot 0, grouped_conv_1d 0 -> one rounding,
+# 2^-8; lstm_recurrence in bfloat16 6e-3 -> 2e-2 (autodiff rounds its state gradient to
+# bfloat16 at other points of the loop); low_dot of bfloat16 operands with a float32
+# output 7e-3 -> 2e-2 (its backward rounds the float32 cotangent to bfloat16, on purpose).
+F32, BF16 = jnp.float32, jnp.bfloat16
+ONE_ROUNDING = 2.0**-8
+
 
 def _random(rng: np.random.Generator, shape: tuple[int, ...], dtype, scale: float = 1.0):
     return jnp.asarray(scale * rng.standard_normal(shape), dtype)
@@ -81,16 +90,6 @@ def _plain_conv(pad, groups):
         )
 
     return conv
-
-
-# Largest relative error measured (fixed seeds, 2-core x86 CPU, jax 0.10.2) -> bound:
-# float32: low_dot 8e-8, lstm_recurrence 2e-7, grouped_conv_1d 5e-8 -> 1e-6, 1e-6, 2e-7;
-# bfloat16 operands with bfloat16 outputs: low_dot 0, grouped_conv_1d 0 -> one rounding,
-# 2^-8; lstm_recurrence in bfloat16 6e-3 -> 2e-2 (autodiff rounds its state gradient to
-# bfloat16 at other points of the loop); low_dot of bfloat16 operands with a float32
-# output 7e-3 -> 2e-2 (its backward rounds the float32 cotangent to bfloat16, on purpose).
-F32, BF16 = jnp.float32, jnp.bfloat16
-ONE_ROUNDING = 2.0**-8
 
 
 def _assert_close(custom, reference, args, tol: float, seed: int = 0) -> None:
