@@ -17,7 +17,7 @@ from conftest import product_sites, products
 from msjax.convert.encoders import load_encoder
 from msjax.models.emoboost import MSEmoBoost
 from msjax.models.encoder import normalize_waveform
-from msjax.models.products import _low_dot
+from msjax.models.vjp import low_dot
 from msjax.train.steps import create_state, make_mesh, make_steps
 
 B, FRAMES, BINS, CLASSES, SAMPLES, IMAGE = 4, 20, 200, 4, 4000, (64, 64)
@@ -121,14 +121,14 @@ def test_bfloat16_losses_follow_float32():
 
 @pytest.mark.parametrize("k", [16, 12])  # 12: not a multiple of 8, the plain transpose
 def test_bfloat16_dense_gradients_accumulate_the_exact_products(k):
-    """The bf16 dense product's backward (`products._dense_grads`, with its reordered x^T) gives the
+    """The bf16 dense product's backward (`vjp._dense_grads`, with its reordered x^T) gives the
     float32 products of the bf16 operands, rounded once to bf16."""
     rng = np.random.default_rng(k)
     x = jnp.asarray(rng.standard_normal((3, 7, k)), jnp.bfloat16)
     w = jnp.asarray(rng.standard_normal((k, 24)), jnp.bfloat16)
     dy = jnp.asarray(rng.standard_normal((3, 7, 24)), jnp.bfloat16)
     dense = (((2,), (0,)), ((), ()))
-    y, vjp = jax.vjp(lambda a, b: _low_dot(a, b, dense, None, jnp.bfloat16), x, w)
+    y, vjp = jax.vjp(lambda a, b: low_dot(a, b, dense, None, jnp.bfloat16), x, w)
     dx, dw = vjp(dy)
     assert y.dtype == dx.dtype == dw.dtype == jnp.bfloat16
     x64, w64, dy64 = (np.asarray(v, np.float64) for v in (x, w, dy))

@@ -21,13 +21,8 @@ from msjax.convert.hf import _convert, load_ssl
 from msjax.errors import CheckpointError
 from msjax.features.audio import load_audio
 from msjax.models.encoder import normalize_waveform
-from msjax.models.ssl import (
-    REMAT_POLICIES,
-    SSLConfig,
-    SSLEncoder,
-    _span_mask,
-    grouped_conv_1d,
-)
+from msjax.models.ssl import REMAT_POLICIES, SSLConfig, SSLEncoder, _span_mask
+from msjax.models.vjp import grouped_conv_1d
 
 TINY = dict(
     hidden_size=32,

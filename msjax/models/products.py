@@ -8,11 +8,12 @@ precision) it accumulates in float32 and its gradient products take bfloat16 ope
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from msjax.models.vjp import low_dot
 
 
 def dot_general(
@@ -27,7 +28,7 @@ def dot_general(
 
     A no-op change for float32. For bfloat16 it is what GPUs do anyway, and on CPUs with
     bfloat16 matrix units it lets XLA use them: a bfloat16-output dot is computed far
-    more slowly there. Its gradient dots take bfloat16 operands too (`_low_dot`).
+    more slowly there. Its gradient dots take bfloat16 operands too (`msjax.models.vjp.low_dot`).
     """
     dtype = jnp.result_type(lhs, rhs)
     if dtype == jnp.float32:
@@ -35,7 +36,7 @@ def dot_general(
             lhs, rhs, dimension_numbers, precision, preferred_element_type=preferred_element_type
         )
     out_dtype = jnp.dtype(preferred_element_type or dtype)
-    return _low_dot(lhs, rhs, dimension_numbers, precision, out_dtype)
+    return low_dot(lhs, rhs, dimension_numbers, precision, out_dtype)
 
 
 def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -46,73 +47,6 @@ def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
 def einsum(spec: str, a: jax.Array, b: jax.Array) -> jax.Array:
     """jnp.einsum of two operands through `dot_general`."""
     return jnp.einsum(spec, a, b, _dot_general=dot_general)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _low_dot(
-    lhs: jax.Array, rhs: jax.Array, dimension_numbers: Any, precision: Any, out_dtype: Any
-) -> jax.Array:
-    """A low-precision dot with float32 accumulation whose backward stays low-precision.
-
-    Differentiating the float32-accumulating dot directly would give a float32
-    cotangent, and autodiff would upcast both gradient dots to float32: the backward
-    pass, two thirds of the work, would not be mixed precision. Here the cotangent is
-    cast to the operands' dtype first.
-    """
-    out = jax.lax.dot_general(
-        lhs, rhs, dimension_numbers, precision, preferred_element_type=jnp.float32
-    )
-    return out.astype(out_dtype)
-
-
-def _low_dot_fwd(lhs, rhs, dimension_numbers, precision, out_dtype):
-    return _low_dot(lhs, rhs, dimension_numbers, precision, out_dtype), (lhs, rhs)
-
-
-def _low_dot_bwd(dimension_numbers, precision, out_dtype, residuals, cotangent):
-    del out_dtype
-    lhs, rhs = residuals
-    cotangent = cotangent.astype(jnp.result_type(lhs, rhs))
-    (contract_lhs, contract_rhs), (batch_lhs, _) = dimension_numbers
-    if (rhs.ndim == 2 and tuple(contract_lhs) == (lhs.ndim - 1,)
-            and tuple(contract_rhs) == (0,) and not batch_lhs):  # nn.Dense's product
-        return _dense_grads(lhs, rhs, cotangent, precision)
-    _, vjp = jax.vjp(
-        lambda a, b: jax.lax.dot_general(a, b, dimension_numbers, precision), lhs, rhs
-    )
-    return vjp(cotangent)
-
-
-def _dense_grads(
-    x: jax.Array, w: jax.Array, dy: jax.Array, precision: Any
-) -> tuple[jax.Array, jax.Array]:
-    """Gradients of y = x w (x [..., K], w [K, N], dy [..., N]) with float32 accumulation.
-
-    Both products accumulate in float32 and are cast after. The kernel gradient x^T dy
-    contracts over x's rows: XLA's CPU bfloat16 kernels are several times slower when
-    the left operand's contracted dimension is its major one, and a plain transpose only
-    changes x's layout, so x is moved into [K, rows] order through a reshape that no
-    layout change can express.
-    """
-    k, n = w.shape
-    x2, dy2 = x.reshape(-1, k), dy.reshape(-1, n)
-    rows = x2.shape[0]
-
-    def dot(a, b, contract):
-        return jax.lax.dot_general(
-            a, b, (contract, ((), ())), precision, preferred_element_type=jnp.float32
-        )
-
-    dx = dot(dy2, w, ((1,), (1,)))
-    if k % 8 == 0:
-        xt = x2.reshape(rows, k // 8, 8).transpose(1, 2, 0).reshape(k, rows)
-    else:
-        xt = x2.T
-    dw = dot(xt, dy2, ((1,), (0,)))
-    return dx.reshape(x.shape).astype(x.dtype), dw.astype(w.dtype)
-
-
-_low_dot.defvjp(_low_dot_fwd, _low_dot_bwd)
 
 
 # What `compute_dtype` may be, by name (configs, bin/predict's --compute_dtype).

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from msjax.models.products import dot_general
+from msjax.models.vjp import grouped_conv_1d
 
 Dtype = Any
 
@@ -388,59 +389,6 @@ class _WeightNormConv(nn.Module):
         pad = (kernel // 2, kernel // 2 - (1 - kernel % 2))
         y = grouped_conv_1d(x.astype(self.dtype), w, pad, groups)
         return y + bias.astype(self.dtype)
-
-
-def _conv_1d(x: jax.Array, w: jax.Array, pad: tuple[int, int], groups: int) -> jax.Array:
-    return jax.lax.conv_general_dilated(
-        x, w, window_strides=(1,), padding=(pad,),
-        dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=groups,
-    )
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def grouped_conv_1d(x: jax.Array, w: jax.Array, pad: tuple[int, int], groups: int) -> jax.Array:
-    """Grouped stride-1 convolution over time with a fast weight gradient.
-
-    Args:
-        x: [B, T, D] input.
-        w: [K, D/groups, D] kernel (Flax "WIO" layout, output channels by group).
-        pad: (left, right) zero padding, with T + left + right - K + 1 output frames.
-        groups: the feature group count.
-
-    Returns:
-        [B, T', D], the same as `lax.conv_general_dilated` with `feature_group_count`.
-        Only the backward pass differs: JAX's own weight gradient of a grouped
-        convolution is a `batch_group_count` convolution, which XLA's CPU backend runs
-        many times slower than the ordinary grouped convolution written here (timings:
-        bench/RESULTS.md).
-    """
-    return _conv_1d(x, w, pad, groups)
-
-
-def _grouped_conv_fwd(x, w, pad, groups):
-    return _conv_1d(x, w, pad, groups), (x, w)
-
-
-def _grouped_conv_bwd(pad, groups, residuals, dy):
-    x, w = residuals
-    # The convolution is linear in x: its transpose gives dx without a forward pass.
-    (dx,) = jax.linear_transpose(lambda x_: _conv_1d(x_, w, pad, groups), x)(dy)
-    # dW[k, i, (g, o)] = sum_{b, t} x_pad[b, t + k, (g, i)] dy[b, t, (g, o)]: a grouped
-    # convolution over time whose "batch" is the input channel i, whose contracted
-    # features are the batch b (per group) and whose window is the T' output frames.
-    batch, _, dim = x.shape
-    per_group = w.shape[1]
-    frames = dy.shape[1]
-    x_pad = jnp.pad(x, ((0, 0), pad, (0, 0)))
-    lhs = x_pad.reshape(batch, -1, groups, per_group).transpose(3, 1, 2, 0)
-    lhs = lhs.reshape(per_group, -1, groups * batch)  # [i, T_pad, (g, b)]
-    rhs = dy.reshape(batch, frames, groups, dim // groups).transpose(1, 0, 2, 3)
-    rhs = rhs.reshape(frames, batch, dim)  # [t, b, (g, o)]
-    dw = _conv_1d(lhs, rhs, (0, 0), groups)  # [i, k, (g, o)]
-    return dx, dw.transpose(1, 0, 2).astype(w.dtype)
-
-
-grouped_conv_1d.defvjp(_grouped_conv_fwd, _grouped_conv_bwd)
 
 
 class _PosConvEmbed(nn.Module):

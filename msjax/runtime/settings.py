@@ -38,8 +38,10 @@ from collections.abc import MutableMapping
 
 # (flag name, value): convolutions to XLA's own CPU kernels, the rest as JAX's default.
 CPU_DEFAULTS = (("xla_cpu_experimental_ynn_fusion_type", "-individual_convolution"),)
-# The flags above exist in these JAX releases; XLA aborts on unknown flags, so never
-# pass them to another release.
+# The JAX releases (version prefix) msjax's speed choices were measured on: the flags
+# above exist there (XLA aborts on unknown flags, so they never reach another release),
+# and msjax.models.vjp's hand-written gradients were timed against autodiff there
+# (tests/test_vjp.py fails on another release).
 TESTED_JAX = "0.10."
 OPT_OUT = "MSJAX_XLA_DEFAULTS"
 # Set to 0 to keep glibc's own allocation policy in the bin/ commands.
@@ -71,13 +73,18 @@ def apply_xla_defaults(environ: MutableMapping[str, str] | None = None) -> list[
         The flags added (empty when opted out, on an untested JAX, or all already set).
     """
     environ = os.environ if environ is None else environ
-    if environ.get(OPT_OUT, "1") == "0" or not _jax_version().startswith(TESTED_JAX):
+    if environ.get(OPT_OUT, "1") == "0" or not is_tested_jax(_jax_version()):
         return []
     current = environ.get("XLA_FLAGS", "")
     added = [f"--{name}={value}" for name, value in CPU_DEFAULTS if f"--{name}" not in current]
     if added:
         environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
     return added
+
+
+def is_tested_jax(version: str) -> bool:
+    """Whether JAX `version` (e.g. "0.10.2") is one TESTED_JAX names."""
+    return version.startswith(TESTED_JAX)
 
 
 def _jax_version() -> str:
