@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from msjax import runtime
+from msjax.runtime import settings as runtime
 from msjax.models.vjp import grouped_conv_1d, low_dot, lstm_recurrence
 
 DENSE = (((2,), (0,)), ((), ()))  # [B, T, K] x [K, N], nn.Dense's product
@@ -164,9 +164,9 @@ def _require_tested_jax(*versions: str) -> None:
                 f"jax {version} is outside the releases msjax's hand-written VJPs and XLA "
                 f"flags were measured on ({runtime.TESTED_JAX}x): time msjax.models.vjp's "
                 "low_dot, lstm_recurrence and grouped_conv_1d against plain autodiff with "
-                "bench/train_step.py and bench/encoder.py, check that msjax.runtime's "
+                "bench/train_step.py and bench/encoder.py, check that msjax.runtime.settings' "
                 "CPU_DEFAULTS XLA flags still exist and still help (tests/test_runtime.py, "
-                "bench/RESULTS.md), then widen TESTED_JAX in msjax/runtime.py",
+                "bench/RESULTS.md), then widen TESTED_JAX in msjax/runtime/settings.py",
                 pytrace=False,
             )
 
@@ -183,7 +183,7 @@ def test_another_release_fails_naming_what_to_recheck(version):
     message = str(failed.value)
     assert message.startswith(f"jax {version} is outside")
     for name in ("lstm_recurrence", "bench/train_step.py", "bench/encoder.py", "XLA flags",
-                 "TESTED_JAX in msjax/runtime.py"):
+                 "TESTED_JAX in msjax/runtime/settings.py"):
         assert name in message
 
 
