@@ -44,7 +44,7 @@ from msjax.configs import synthetic
 from msjax.convert.torchvision import alexnet_params, save_params
 from msjax.data import load_dataset, manifest
 from msjax.errors import AudioError, CheckpointError, UsageError, WriteError
-from msjax.experiment.validation import check_config
+from msjax.experiment.config import ExperimentConfig
 from msjax.features.audio import load_audio
 from msjax.features.cache import FeatureCache
 from msjax.io import checkpoint, lock
@@ -159,7 +159,7 @@ def _config(**changes) -> ml_collections.ConfigDict:
 )
 def test_check_config_names_the_field(field, value):
     with pytest.raises(UsageError, match=_flag_pattern(field)):
-        check_config(_config(**{field: value}))
+        ExperimentConfig.build(_config(**{field: value}))
 
 
 def _flag_pattern(field: str) -> str:
@@ -174,7 +174,7 @@ def _flag_pattern(field: str) -> str:
 
 
 def test_check_config_accepts_the_shipped_configs():
-    check_config(synthetic.get_config())
+    ExperimentConfig.build(synthetic.get_config())
 
 
 def test_unknown_override_names_the_closest_field(tmp_path):
