@@ -61,6 +61,10 @@ def _dataset_from_argv(argv: Sequence[str]) -> str:
     return "synthetic"
 
 
+# The absl definition of a plain flag, by its field's type.
+_DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, bool: flags.DEFINE_bool}
+
+
 def define_run_flags() -> None:
     """Flags of every command that runs on a dataset config."""
     dataset = _dataset_from_argv(sys.argv)
@@ -119,9 +123,6 @@ def _unknown_override(argv: Sequence[str], default: Path) -> str:
         if match and match.group(1) not in known:
             return unknown_field_message(match.group(1), known)
     return f"{path}: a --config.* override does not match the config"
-
-
-_DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, bool: flags.DEFINE_bool}
 
 
 def _apply(config: ml_collections.ConfigDict, plain: Sequence[PlainFlag]) -> None:
