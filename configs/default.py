@@ -1,10 +1,15 @@
 """Defaults shared by every dataset config (paper Table 1 where it speaks).
 
 Dataset configs import this and override a few fields. Any field can be
-overridden on the command line, e.g. `--config.optim.learning_rate=3e-5`.
+overridden on the command line, e.g. `--config.optim.learning_rate=3e-5`; the run
+checks them all (msjax.experiment.config.ExperimentConfig, which has the same fields).
 """
 
+import dataclasses
+
 import ml_collections
+
+from msjax.features.acoustic import FeatureConfig
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -34,22 +39,8 @@ def get_config() -> ml_collections.ConfigDict:
     # results average over folds and seeds.
     config.seeds = 1
 
-    # Features (msjax.features.acoustic.FeatureConfig fields).
-    config.features = ml_collections.ConfigDict(
-        dict(
-            sample_rate=16000,
-            segment_seconds=3.0,
-            hop_length=160,
-            n_mfcc=40,
-            mfcc_n_fft=2048,
-            n_mels=128,
-            spec_n_fft=800,
-            spec_win_length=640,
-            spec_bins=200,
-            top_db=80.0,
-            preemphasis=0.97,
-        )
-    )
+    # Features: msjax.features.acoustic.FeatureConfig's fields and defaults.
+    config.features = ml_collections.ConfigDict(dataclasses.asdict(FeatureConfig()))
     config.image_size = (256, 384)
     config.cache_dir = ""  # empty: <workdir>/cache
     # Feature-extraction processes: 0 = one per CPU core, 1 = in the main process.

@@ -183,12 +183,14 @@ def check_run_files(config: ml_collections.ConfigDict, workdir: Path) -> None:
     """What train_and_evaluate does before it trains, in this process: the run files of
     `config` written to `workdir` or compared with it (msjax.train.run._check_workdir),
     counted among the workdir's jobs."""
+    from msjax.experiment.config import ExperimentConfig
     from msjax.io import lock
     from msjax.train.run import _check_workdir, prepare_data, run_inputs
 
+    config = ExperimentConfig.build(config)
     dataset, folds = prepare_data(config, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    inputs = run_inputs(dataset, _encoder(config.ssl.to_json(), config.seed))
+    inputs = run_inputs(dataset, _encoder(json.dumps(config.ssl.to_dict()), config.seed))
     with lock.share(workdir, lambda alone: _check_workdir(config, workdir, inputs, folds, alone)):
         pass
 

@@ -4,9 +4,11 @@ disks, two runs at once. Each must end with its exit code (2 usage, 3 data) and 
 
 import asyncio
 import collections
+import dataclasses
 import errno
 import gc
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -40,15 +42,18 @@ from conftest import (
     unavailable,
 )
 
+from msjax import inference
 from msjax.configs import synthetic
 from msjax.convert.torchvision import alexnet_params, save_params
-from msjax.data import load_dataset, manifest
+from msjax.data import DATASETS, load_dataset, manifest
 from msjax.errors import AudioError, CheckpointError, UsageError, WriteError
-from msjax.experiment.validation import check_config
+from msjax.experiment.config import ExperimentConfig
+from msjax.features.acoustic import FeatureConfig
 from msjax.features.audio import load_audio
 from msjax.features.cache import FeatureCache
 from msjax.io import checkpoint, lock
 from msjax.io.files import json_bytes
+from msjax.models.encoder import random_encoder
 from msjax.train.run import prepare_data, train_and_evaluate
 
 FLAGS = flags.FLAGS
@@ -159,7 +164,7 @@ def _config(**changes) -> ml_collections.ConfigDict:
 )
 def test_check_config_names_the_field(field, value):
     with pytest.raises(UsageError, match=_flag_pattern(field)):
-        check_config(_config(**{field: value}))
+        ExperimentConfig.build(_config(**{field: value}))
 
 
 def _flag_pattern(field: str) -> str:
@@ -173,8 +178,57 @@ def _flag_pattern(field: str) -> str:
     return "^" + re.escape(f"--config.{field.replace('__', '.')}=")
 
 
-def test_check_config_accepts_the_shipped_configs():
-    check_config(synthetic.get_config())
+@pytest.mark.parametrize("name", DATASETS)
+def test_typed_config_keeps_every_shipped_config_field(name):
+    """config.json holds the typed config: the same fields and values as the ConfigDict
+    (so workdirs saved from ConfigDicts still resume), read the same way."""
+    config = importlib.import_module(f"msjax.configs.{name}").get_config()
+    config.data_dir = "somewhere"
+    typed = ExperimentConfig.build(config)
+    assert json_bytes(typed.to_dict()) == json_bytes(json.loads(config.to_json_best_effort()))
+    assert typed.optim.learning_rate == config.optim.learning_rate
+    assert typed["ssl"]["name"] == config.ssl.name and dict(typed.model) == config.model.to_dict()
+    assert typed.features == FeatureConfig(**config.features)
+
+
+def test_config_saved_before_later_fields_takes_their_old_behaviour():
+    saved = json.loads(synthetic.get_config().to_json_best_effort())
+    for section, name in [(None, "seeds"), (None, "allow_damaged"), ("ssl", "remat"),
+                          ("ssl", "remat_policy"), ("optim", "class_weights")]:
+        del (saved[section] if section else saved)[name]
+    typed = ExperimentConfig.build(ml_collections.ConfigDict(saved))
+    assert (typed.seeds, typed.allow_damaged, typed.ssl.remat, typed.optim.class_weights) == (
+        1, False, False, ""
+    )
+    assert "seeds" not in saved and typed.to_dict()["seeds"] == 1
+
+
+def test_unknown_and_missing_config_fields_are_named():
+    config = synthetic.get_config()
+    with config.unlocked():
+        config.optim.learning_rat = 0.1
+    with pytest.raises(UsageError, match=re.escape(
+        "--config.optim.learning_rat: no such config field; did you mean "
+        "--config.optim.learning_rate?"
+    )):
+        ExperimentConfig.build(config)
+    config = synthetic.get_config()
+    del config.model["dropout"]
+    with pytest.raises(UsageError, match=r"^--config\.model\.dropout: missing from the config$"):
+        ExperimentConfig.build(config)
+
+
+def test_model_config_reaches_the_module_by_name():
+    """build_model passes each model field MSEmoBoost has under its own name, from the
+    typed config and from a checkpoint's metadata as it was written before the type."""
+    config = ExperimentConfig.build(synthetic.get_config())
+    changed = {"branch_dim": 24, "lstm_hidden": 12, "dropout": 0.2, "use_attention": False}
+    model_cfg = dataclasses.replace(config.model, **changed)
+    encoder = random_encoder("random:tiny")
+    for given in (model_cfg, model_cfg.to_dict()):
+        model = inference.build_model(given, 4, config.features, encoder, False)
+        assert {k: getattr(model, k) for k in changed} == changed
+        assert model.zero_init_classifier is model_cfg.zero_init_classifier
 
 
 def test_unknown_override_names_the_closest_field(tmp_path):

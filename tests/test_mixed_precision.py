@@ -31,7 +31,7 @@ def _setup(compute_dtype):
     encoder = load_encoder("random:tiny")
     model = MSEmoBoost(
         num_classes=CLASSES, ssl_frames=encoder.config.num_frames(SAMPLES),
-        ssl_dim=encoder.config.hidden_size, lstm_hidden=8, branch_features=16,
+        ssl_dim=encoder.config.hidden_size, lstm_hidden=8, branch_dim=16,
         zero_init_classifier=False, dropout=0.0, lstm_dropout=0.0, encoder=encoder.module,
     )
     init_batch = {

@@ -26,7 +26,7 @@ IMAGE = (64, 96)
 def tiny_model(**kwargs) -> MSEmoBoost:
     return MSEmoBoost(
         num_classes=CLASSES, ssl_frames=SSL_FRAMES, ssl_dim=SSL_DIM, lstm_hidden=8,
-        branch_features=16, **kwargs,
+        branch_dim=16, **kwargs,
     )
 
 

@@ -695,7 +695,7 @@ def test_checkpoint_metadata_is_checked_before_use(tmp_path, change, wrong):
     if wrong is None:
         match = "its feature config is not msjax's .*bogus"
     elif wrong in ("encoder", "model"):
-        missing = "'encoder'" if wrong == "encoder" else "'use_mfcc'"
+        missing = "'encoder'" if wrong == "encoder" else "'lstm_hidden'"
         match = f"best/1: its model or encoder config is not msjax's \\(KeyError: {missing}\\)"
     else:
         match = f"best/1: its metadata has wrong fields: {wrong}"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from msjax.runtime import settings as runtime
 from msjax.models.vjp import grouped_conv_1d, low_dot, lstm_recurrence
+from msjax.runtime import settings as runtime
 
 DENSE = (((2,), (0,)), ((), ()))  # [B, T, K] x [K, N], nn.Dense's product
 BATCHED = (((2,), (2,)), ((0,), (0,)))  # [B, Q, D] x [B, K, D], attention scores

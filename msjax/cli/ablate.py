@@ -13,7 +13,7 @@ with each variant's per-fold paired difference from the full model (msjax/result
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 
 from absl import flags
 
@@ -44,15 +44,14 @@ def main() -> int:
     common.start_distributed()
     base = common.resolved_config()
     workdir = common.workdir(base)
+    # One cache (and synthetic corpus) for all variants: their features are the same.
+    shared = {"cache_dir": base.cache_dir or str(workdir / "cache")}
+    if base.dataset == "synthetic" and not base.data_dir:
+        shared["data_dir"] = str(workdir / "corpus")
     results = {}
     for variant in selected_variants():
-        config = copy.deepcopy(base)
-        with config.unlocked():
-            config.model.update(VARIANTS[variant])
-            # One cache for all variants: their features are the same.
-            config.cache_dir = base.cache_dir or str(workdir / "cache")
-            if base.dataset == "synthetic" and not base.data_dir:
-                config.data_dir = str(workdir / "corpus")
+        model = dataclasses.replace(base.model, **VARIANTS[variant])
+        config = dataclasses.replace(base, model=model, **shared)
         if distributed.is_main():
             progress.line("== %s", variant)
         if not train_and_evaluate(config, workdir / variant):

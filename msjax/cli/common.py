@@ -23,11 +23,17 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from msjax import runtime
+from msjax.data import DATASETS
 from msjax.errors import DataError, MsjaxError, UsageError
-from msjax.experiment.validation import field_names, unknown_field_message
+from msjax.experiment.config import (
+    ExperimentConfig,
+    PlainFlag,
+    field_names,
+    plain_flags,
+    unknown_field_message,
+)
 from msjax.runtime import interrupts, progress
 
-DATASETS = ("synthetic", "emodb", "emovo", "iemocap", "ravdess", "cremad", "manifest")
 FLAGS = flags.FLAGS
 flags.DEFINE_bool(
     "quiet", False, "Batch jobs: one line per epoch and fold, the results, warnings; no "
@@ -36,7 +42,8 @@ flags.DEFINE_bool(
 
 
 def config_file(dataset: str) -> Path:
-    """configs/<dataset>.py (default.py for an unknown name): the file of the installed
+    """configs/<dataset>.py (default.py for an unknown name; msjax.data.registry lists the
+    corpora, each with its config file): the file of the installed
     `msjax.configs` package (the checkout's configs/ for an editable install)."""
     from msjax import configs  # only commands that run on a config need the package
 
@@ -54,6 +61,10 @@ def _dataset_from_argv(argv: Sequence[str]) -> str:
     return "synthetic"
 
 
+# The absl definition of a plain flag, by its field's type.
+_DEFINE = {str: flags.DEFINE_string, int: flags.DEFINE_integer, bool: flags.DEFINE_bool}
+
+
 def define_run_flags() -> None:
     """Flags of every command that runs on a dataset config."""
     dataset = _dataset_from_argv(sys.argv)
@@ -65,23 +76,9 @@ def define_run_flags() -> None:
         print(f"error: {_unknown_override(sys.argv, default)}", file=sys.stderr)
         sys.exit(UsageError.exit_code)
     flags.DEFINE_enum("dataset", "synthetic", DATASETS, "Dataset; picks configs/<dataset>.py.")
-    flags.DEFINE_string("data_dir", None, "Dataset root directory.")
-    flags.DEFINE_integer("folds", None, "Number of folds (0 = the protocol's natural count).")
-    flags.DEFINE_integer("fold", None, "Run this fold only (folds as separate jobs).")
     flags.DEFINE_string("workdir", None, "Run directory (default runs/<dataset>).")
-    flags.DEFINE_integer("seed", None, "Seed for folds, shuffling, initialisation, dropout.")
-    flags.DEFINE_integer(
-        "seeds", None, "Trainings per fold, seeded --seed, --seed + 1, ... (same folds)."
-    )
-    flags.DEFINE_string("ssl", None, "SSL encoder: hub id, local directory or random:<preset>.")
-    flags.DEFINE_bool("finetune_ssl", None, "Fine-tune the SSL encoder inside the model.")
-    flags.DEFINE_bool("no_cache", False, "Neither read nor write the feature cache.")
-    flags.DEFINE_bool(
-        "allow_count_mismatch", None, "Proceed when the dataset's utterance counts differ."
-    )
-    flags.DEFINE_bool(
-        "allow_damaged", None, "Skip (and list) truncated audio files instead of stopping."
-    )
+    for flag in plain_flags():
+        _DEFINE[flag.kind](flag.name, None, flag.help)
 
 
 def define_distributed_flags() -> None:
@@ -128,40 +125,42 @@ def _unknown_override(argv: Sequence[str], default: Path) -> str:
     return f"{path}: a --config.* override does not match the config"
 
 
-def resolved_config() -> ml_collections.ConfigDict:
-    """The config file with --config.* overrides, then the plain flags applied."""
+def _apply(config: ml_collections.ConfigDict, plain: Sequence[PlainFlag]) -> None:
+    """Sets the fields of the `plain` flags given on the command line."""
+    with config.unlocked():
+        for flag in plain:
+            value = FLAGS[flag.name].value
+            if value is None:
+                continue
+            *parents, leaf = flag.field.split(".")
+            node = config
+            for parent in parents:
+                node = node[parent]
+            node[leaf] = not value if flag.invert else value
+
+
+def resolved_config() -> ExperimentConfig:
+    """The config file with --config.* overrides, then the plain flags applied; checked."""
     config = FLAGS.config
     if FLAGS["dataset"].present and config.dataset != FLAGS.dataset:
         raise UsageError(
             f"--dataset={FLAGS.dataset} but the config file is for {config.dataset!r}"
         )
-    with config.unlocked():
-        plain = {
-            "data_dir": "data_dir", "folds": "num_folds", "fold": "fold", "seed": "seed",
-            "seeds": "seeds",
-            "allow_count_mismatch": "allow_count_mismatch", "allow_damaged": "allow_damaged",
-        }
-        for flag, field in plain.items():
-            if FLAGS[flag].value is not None:
-                setattr(config, field, FLAGS[flag].value)
-        if FLAGS.ssl is not None:
-            config.ssl.name = FLAGS.ssl
-        if FLAGS.finetune_ssl is not None:
-            config.ssl.finetune = FLAGS.finetune_ssl
-        if FLAGS.no_cache:
-            config.use_cache = False
-    return config
+    _apply(config, plain_flags())
+    return ExperimentConfig.build(config)
 
 
 # Flags that choose where, which folds or on how many processes a run runs, or what is
-# shown; anything else changes what it computes.
+# shown (with the plain flags of the fields that may differ on a rerun); anything else
+# changes what it computes.
 _RESUME_FLAGS = (
-    "workdir", "resume", "fold", "tsne", "no_cache", "dataset", "quiet", "verbosity",
+    "workdir", "resume", "tsne", "dataset", "quiet", "verbosity",
     "distributed", "coordinator_address", "num_processes", "process_id",
+    *(flag.name for flag in plain_flags() if flag.rerun),
 )
 
 
-def saved_config() -> ml_collections.ConfigDict:
+def saved_config() -> ExperimentConfig:
     """The config saved in --workdir's config.json, with --fold and --no_cache applied.
 
     Raises:
@@ -182,15 +181,11 @@ def saved_config() -> ml_collections.ConfigDict:
             f"--resume continues {path} as it was saved; drop {', '.join(changing)}"
         )
     config = ml_collections.ConfigDict(json.loads(path.read_text()))
-    with config.unlocked():
-        if FLAGS.fold is not None:
-            config.fold = FLAGS.fold
-        if FLAGS.no_cache:
-            config.use_cache = False
-    return config
+    _apply(config, [flag for flag in plain_flags() if flag.rerun])
+    return ExperimentConfig.build(config)
 
 
-def workdir(config: ml_collections.ConfigDict) -> Path:
+def workdir(config: ExperimentConfig) -> Path:
     """--workdir, or runs/<dataset> under the current directory."""
     return Path(FLAGS.workdir or Path("runs") / config.dataset)
 

@@ -15,7 +15,6 @@ common.define_run_flags()
 
 def main() -> int:
     from msjax.convert.encoders import load_encoder
-    from msjax.features.acoustic import FeatureConfig
     from msjax.features.cache import FeatureCache
     from msjax.features.store import FeatureStore, cache_root
     from msjax.train.run import prepare_data
@@ -30,7 +29,7 @@ def main() -> int:
         )
     cache = FeatureCache(cache_root(config.cache_dir, workdir))
     store = FeatureStore(
-        cache, FeatureConfig(**config.features), encoder, workers=config.feature_workers or None
+        cache, config.features, encoder, workers=config.feature_workers or None
     )
     entries = store.prepare(dataset)
     segments = sum(e.num_segments for e in entries.values())

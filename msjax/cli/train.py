@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from absl import flags
 
 from msjax.cli import common
@@ -33,8 +35,7 @@ def main() -> int:
     common.start_distributed()
     config = common.saved_config() if FLAGS.resume else common.resolved_config()
     if FLAGS.tsne is not None:
-        with config.unlocked():
-            config.tsne = FLAGS.tsne
+        config = dataclasses.replace(config, tsne=FLAGS.tsne)
     workdir = common.workdir(config)
     if FLAGS.dry_run:
         print(dry_run(config, workdir))

@@ -16,14 +16,15 @@ Submodules: `predict` (a checkpoint over audio files, bin/predict) and `timeline
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
+from msjax.experiment.config import ModelConfig
 from msjax.features.acoustic import FeatureConfig
 from msjax.features.image import spec_to_image
 from msjax.models.emoboost import MSEmoBoost, from_configs
@@ -33,23 +34,28 @@ from msjax.results.metrics import log_softmax
 Batch = dict[str, jax.Array]
 
 
+# MSEmoBoost's attributes, which the model config's fields of the same names set.
+_MODULE_FIELDS = frozenset(f.name for f in dataclasses.fields(MSEmoBoost))
+
+
 def build_model(
-    model_cfg: dict | ml_collections.ConfigDict,
+    model_cfg: ModelConfig | Mapping[str, Any],
     num_classes: int,
     feature_cfg: FeatureConfig,
     encoder: Encoder,
     finetune: bool,
 ) -> MSEmoBoost:
-    """MS-EmoBoost as a config (or a checkpoint's metadata) describes it, with frame
-    count and width derived from the encoder's config; the encoder runs inside the
-    model only when it is fine-tuned."""
-    m = dict(model_cfg)
+    """MS-EmoBoost as a config (or a checkpoint's "model" metadata) describes it, with
+    frame count and width derived from the encoder's config; the encoder runs inside the
+    model only when it is fine-tuned.
+
+    The config's fields that MSEmoBoost has are passed by name; the others choose its
+    initial weights (msjax.train.setup). Raises KeyError: metadata lacking a field.
+    """
+    model = model_cfg if isinstance(model_cfg, ModelConfig) else ModelConfig.from_dict(model_cfg)
     return from_configs(
         num_classes, feature_cfg, encoder.config,
-        use_attention=m["use_attention"], use_mfcc=m["use_mfcc"],
-        use_spectrogram=m["use_spectrogram"], baseline=m["baseline"],
-        lstm_hidden=m["lstm_hidden"], lstm_dropout=m["lstm_dropout"], dropout=m["dropout"],
-        branch_features=m["branch_dim"], zero_init_classifier=m["zero_init_classifier"],
+        **{name: value for name, value in model.items() if name in _MODULE_FIELDS},
         encoder=encoder.module if finetune else None,
     )
 

@@ -72,7 +72,7 @@ class MSEmoBoost(nn.Module):
         lstm_hidden: Bi-LSTM units per direction.
         lstm_dropout: dropout between the Bi-LSTM layers.
         dropout: rate of the four dropouts of the head (both branches, guidance, classifier).
-        branch_features: width of each branch's projection (128).
+        branch_dim: width of each branch's projection (128).
         lstm_unroll: Bi-LSTM scan unrolling (speed only).
         zero_init_classifier: start the classifier at zero (uniform initial logits).
             With PyTorch's random init the first updates mostly shrink the pooled
@@ -94,7 +94,7 @@ class MSEmoBoost(nn.Module):
     lstm_hidden: int = 256
     lstm_dropout: float = 0.5
     dropout: float = 0.1
-    branch_features: int = 128
+    branch_dim: int = 128
     lstm_unroll: int = 1
     zero_init_classifier: bool = True
     encoder: nn.Module | None = None
@@ -157,7 +157,7 @@ class MSEmoBoost(nn.Module):
         return x_w
 
     def _mfcc_branch(self, mfcc: jax.Array, train: bool) -> jax.Array:
-        """[B, T, n_mfcc] -> [B, branch_features]."""
+        """[B, T, n_mfcc] -> [B, branch_dim]."""
         x = frame_l2_normalize(mfcc)
         x = BiLSTM(
             self.lstm_hidden, dropout_rate=self.lstm_dropout, unroll=self.lstm_unroll, name="lstm"
@@ -165,10 +165,10 @@ class MSEmoBoost(nn.Module):
         if self.use_attention:
             x = ResidualSelfAttention(name="mfcc_attention")(x)
         x = self._dropout(x.reshape(x.shape[0], -1), train)  # time-major flatten, as torch
-        return nn.relu(Linear(self.branch_features, name="mfcc_linear")(x))
+        return nn.relu(Linear(self.branch_dim, name="mfcc_linear")(x))
 
     def _spectrogram_branch(self, image: jax.Array, train: bool) -> jax.Array:
-        """[B, H, W, 3] -> [B, branch_features]."""
+        """[B, H, W, 3] -> [B, branch_dim]."""
         x = AlexNetFeatures(name="alexnet")(image)  # [B, 6, 6, 256]
         batch, height, width, channels = x.shape
         # "spatial": token h*6+w is the channel vector at (h, w); "channel": token c is
@@ -185,7 +185,7 @@ class MSEmoBoost(nn.Module):
         # Flattened index c * 36 + h * 6 + w: PyTorch's NCHW flatten, so a ported
         # Linear(9216 -> 128) applies unchanged when attention is off.
         x = self._dropout(tokens.reshape(batch, -1), train)
-        return nn.relu(Linear(self.branch_features, name="spec_linear")(x))
+        return nn.relu(Linear(self.branch_dim, name="spec_linear")(x))
 
 
 def from_configs(num_classes: int, feature_cfg: Any, ssl_config: Any, **kwargs: Any) -> MSEmoBoost:

@@ -37,8 +37,7 @@ from msjax.data.folds import SPLITS, Fold, class_weights, folds_to_dict, make_fo
 from msjax.data.records import Dataset
 from msjax.data.synthetic import generate_corpus
 from msjax.errors import DataError, UsageError, writing
-from msjax.experiment.validation import check_config
-from msjax.features.acoustic import FeatureConfig
+from msjax.experiment.config import RERUN_FIELDS, ExperimentConfig
 from msjax.features.audio import wav_header_problem
 from msjax.features.cache import FeatureCache, audio_hash
 from msjax.features.image import fit_minmax
@@ -57,15 +56,13 @@ from msjax.train.tsne import write_tsne
 
 log = logging.getLogger(__name__)
 
-# Fields that may differ when a workdir is reused: they change where or which
-# folds run, not what a fold computes.
-_RERUN_FIELDS = ("fold", "use_cache", "cache_dir", "tsne", "feature_workers")
 
-
-def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Dataset, list[Fold]]:
+def prepare_data(
+    config: ExperimentConfig | ml_collections.ConfigDict, workdir: Path
+) -> tuple[Dataset, list[Fold]]:
     """Checks the config, loads the dataset (logging its classes and their counts) and builds
     its folds (no feature work)."""
-    check_config(config)
+    config = ExperimentConfig.build(config)
     root = setup.data_root(config, workdir)
     if config.dataset == "synthetic":
         # Idempotent: an existing corpus with the same settings is reused as it is
@@ -77,22 +74,17 @@ def prepare_data(config: ml_collections.ConfigDict, workdir: Path) -> tuple[Data
         distributed.main_first("synthetic corpus", generate)
     dataset = _without_damaged(
         load_dataset(config.dataset, root, **loader_options(config)),
-        config.get("allow_damaged", False),
+        config.allow_damaged,
     )
     counts = dataset.class_counts()
     log.info("%d classes: %s", len(counts), ", ".join(f"{k} {n}" for k, n in counts.items()))
     folds = make_folds(
         dataset, config.protocol, config.num_folds or None, config.seed, config.validation
     )
-    class_weights(folds[0], _class_weights(config))  # an unknown mode fails before any work
+    class_weights(folds[0], config.optim.class_weights)  # an unknown mode fails before any work
     if config.fold >= len(folds):
         raise UsageError(f"--fold={config.fold}: {dataset.name} has folds 0..{len(folds) - 1}")
     return dataset, folds
-
-
-def _class_weights(config: ml_collections.ConfigDict) -> str:
-    # Configs saved before the field existed train unweighted.
-    return config.optim.get("class_weights", "")
 
 
 def _without_damaged(dataset: Dataset, allow: bool) -> Dataset:
@@ -114,7 +106,7 @@ def _without_damaged(dataset: Dataset, allow: bool) -> Dataset:
     return dataclasses.replace(dataset, utterances=kept)
 
 
-def dry_run(config: ml_collections.ConfigDict, workdir: Path) -> str:
+def dry_run(config: ExperimentConfig | ml_collections.ConfigDict, workdir: Path) -> str:
     """The folds as `--dry_run` prints them: speakers and class counts per split."""
     dataset, folds = prepare_data(config, workdir)
     header = (
@@ -125,7 +117,7 @@ def dry_run(config: ml_collections.ConfigDict, workdir: Path) -> str:
 
 
 def _check_workdir(
-    config: ml_collections.ConfigDict, workdir: Path, inputs: dict, folds: list[Fold],
+    config: ExperimentConfig, workdir: Path, inputs: dict, folds: list[Fold],
     alone: bool = True,
 ) -> None:
     """Saves config.json, inputs.json and folds.json on a workdir's first run, and
@@ -139,7 +131,7 @@ def _check_workdir(
     command runs on the same workdir.
     """
     saved = {
-        "config.json": (json.loads(config.to_json_best_effort()), "the run config"),
+        "config.json": (json.loads(json_bytes(config.to_dict())), "the run config"),
         "inputs.json": (inputs, "the run inputs"),
         "folds.json": (json.loads(json_bytes(folds_to_dict(folds))), "the folds"),
     }
@@ -214,14 +206,14 @@ def _counted(items: list[str], noun: str, what: str) -> str:
 def _config_difference(previous: dict, current: dict) -> str:
     """The config fields (dotted names) whose values differ, with both values; "" if none.
 
-    A field added since the run started counts as unchanged; _RERUN_FIELDS may differ.
+    A field added since the run started counts as unchanged; RERUN_FIELDS may differ.
     """
     old, new = dict(_leaves(previous)), dict(_leaves(current))
     changed = [
         f"{name}: {json.dumps(old[name])} -> "
         + (json.dumps(new[name]) if name in new else "absent")
         for name in sorted(old)
-        if name.split(".")[0] not in _RERUN_FIELDS and old[name] != new.get(name, _ABSENT)
+        if name.split(".")[0] not in RERUN_FIELDS and old[name] != new.get(name, _ABSENT)
     ]
     if not changed:
         return ""
@@ -340,7 +332,9 @@ def run_inputs(dataset: Dataset, encoder: Encoder) -> dict:
     }
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
+def train_and_evaluate(
+    config: ExperimentConfig | ml_collections.ConfigDict, workdir: str | Path
+) -> dict:
     """Runs the cross-validation the config describes; returns results.json's content.
 
     Rerunning with the same workdir resumes: finished folds are skipped and a
@@ -351,6 +345,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """
     workdir = Path(workdir)
     start = time.time()
+    config = ExperimentConfig.build(config)
     # Everything that can be checked is checked before the workdir is written to.
     dataset, folds = prepare_data(config, workdir)
     # Read whole (downloaded on first use) before any feature work.
@@ -392,7 +387,7 @@ def _train_folds(
 ) -> dict:
     """train_and_evaluate's work once the workdir is checked and locked."""
     labels = dataset.labels
-    feature_cfg = FeatureConfig(**config.features)
+    feature_cfg = config.features
     cache = FeatureCache(cache_root(config.cache_dir, workdir), enabled=config.use_cache)
     store = FeatureStore(
         cache, feature_cfg, None if config.ssl.finetune else encoder,
@@ -451,7 +446,7 @@ def _train_folds(
                     _with_seed(config, seed), model, feature_cfg, encoder, fold.index, alexnet
                 )
                 metadata = setup.checkpoint_metadata(config, dataset, feature_cfg, encoder, fold)
-                weights = class_weights(fold, _class_weights(config))
+                weights = class_weights(fold, config.optim.class_weights)
                 result = run_fold(
                     dataclasses.replace(runner, seed=seed), run_dir, fold, entries, params, tx,
                     metadata, labels, weights,
@@ -493,14 +488,10 @@ def _train_folds(
     return results
 
 
-def _with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+def _with_seed(config: ExperimentConfig, seed: int) -> ExperimentConfig:
     """`config` initialising the head with `seed` (the folds and a random encoder keep
     config.seed)."""
-    if seed == config.seed:
-        return config
-    seeded = ml_collections.ConfigDict(config.to_dict())
-    seeded.seed = seed
-    return seeded
+    return dataclasses.replace(config, seed=seed)
 
 
 def run_fold(

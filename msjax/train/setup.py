@@ -14,7 +14,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import msjax
@@ -22,20 +21,21 @@ from msjax.convert.download import alexnet_weights_file
 from msjax.convert.torchvision import load_alexnet_params
 from msjax.data.folds import Fold
 from msjax.data.records import Dataset
+from msjax.experiment.config import ExperimentConfig
 from msjax.features.acoustic import FeatureConfig
 from msjax.models.emoboost import MSEmoBoost, dummy_batch, replace_alexnet
 from msjax.models.encoder import Encoder
 from msjax.models.products import COMPUTE_DTYPES
 
 
-def data_root(config: ml_collections.ConfigDict, workdir: Path) -> Path:
+def data_root(config: ExperimentConfig, workdir: Path) -> Path:
     """The dataset directory; the synthetic corpus defaults to <workdir>/corpus."""
     if config.data_dir:
         return Path(config.data_dir)
     return Path(workdir) / "corpus"
 
 
-def alexnet_weights(config: ml_collections.ConfigDict) -> dict | None:
+def alexnet_weights(config: ExperimentConfig) -> dict | None:
     """The AlexNet params a run starts from, read whole and checked (names and shapes);
     None for a random init or a model without the spectrogram branch. ImageNet AlexNet
     is downloaded on first use.
@@ -51,7 +51,7 @@ def alexnet_weights(config: ml_collections.ConfigDict) -> dict | None:
 
 
 def init_params(
-    config: ml_collections.ConfigDict,
+    config: ExperimentConfig,
     model: MSEmoBoost,
     feature_cfg: FeatureConfig,
     encoder: Encoder,
@@ -76,12 +76,12 @@ def _jitted_init(model: MSEmoBoost) -> Callable:
     return jax.jit(functools.partial(model.init, train=False))
 
 
-def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
+def compute_dtype(config: ExperimentConfig) -> jnp.dtype:
     """float32, or bfloat16 for mixed precision."""
     return COMPUTE_DTYPES[config.compute_dtype]
 
 
-def batch_kinds(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+def batch_kinds(config: ExperimentConfig) -> tuple[str, ...]:
     """Feature-store entries a batch reads."""
     return ("acoustic", "wav" if config.ssl.finetune else "ssl")
 
@@ -97,7 +97,7 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def checkpoint_metadata(
-    config: ml_collections.ConfigDict,
+    config: ExperimentConfig,
     dataset: Dataset,
     feature_cfg: FeatureConfig,
     encoder: Encoder,

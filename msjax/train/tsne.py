@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from msjax import inference
-from msjax.features.acoustic import FeatureConfig
+from msjax.experiment.config import ExperimentConfig
 from msjax.features.store import iterate_batches
 from msjax.io import checkpoint
 from msjax.results import plots
@@ -16,13 +16,15 @@ from msjax.results.summary import fold_dir
 from msjax.train import setup
 
 
-def write_tsne(config, workdir: Path, dataset, folds, entries, store, encoder) -> None:
+def write_tsne(
+    config: ExperimentConfig, workdir: Path, dataset, folds, entries, store, encoder
+) -> None:
     """Embeds every test utterance with its fold's best model and plots both poolings.
 
     Writes tsne_plain.png (X_w mean-pooled over frames) and tsne_enhanced.png
     (X'_w = X_enh · X_w) into the workdir; segment vectors are averaged per utterance.
     """
-    feature_cfg = FeatureConfig(**config.features)
+    feature_cfg = config.features
     model = inference.build_model(
         config.model, len(dataset.labels), feature_cfg, encoder, config.ssl.finetune
     )
