@@ -24,6 +24,7 @@ from msjax.data.records import Dataset, Utterance
 from msjax.features.acoustic import FeatureConfig, segment
 from msjax.features.cache import FeatureCache, audio_hash
 from msjax.features.pool import iter_file_features
+from msjax.io.rundir import RunDir
 from msjax.runtime import interrupts, progress
 
 
@@ -307,4 +308,4 @@ def device_batch(
 
 def cache_root(config_cache_dir: str, workdir: Path) -> Path:
     """The cache directory a run uses: the configured one, else <workdir>/cache."""
-    return Path(config_cache_dir) if config_cache_dir else Path(workdir) / "cache"
+    return Path(config_cache_dir) if config_cache_dir else RunDir(Path(workdir)).cache
