@@ -218,8 +218,8 @@ def iterate_batches(
 
     The last batch is zero-padded to `batch_size` with `mask` 0 on the padding,
     so every step sees one shape and jit traces once. Given `rows` (this process's
-    share of a multi-process batch, `msjax.runtime.distributed.local_rows`), only those rows
-    of each batch are read.
+    share of a multi-process batch, `msjax.runtime.distributed.Coordinator.local_rows`),
+    only those rows of each batch are read.
 
     Args:
       store: the feature store.

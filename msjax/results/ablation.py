@@ -40,7 +40,7 @@ _P_FIELDS = (("p (t)", "t_pvalue"), ("p (W)", "wilcoxon_pvalue"))
 
 
 def read_fold_results(run_dir: Path) -> list[dict]:
-    """The result.json of every finished fold (and seed: msjax.results.summary) under `run_dir`,
+    """The result.json of every finished fold (and seed: msjax.io.rundir) under `run_dir`,
     in fold order."""
     results = []
     for path in RunDir(Path(run_dir)).result_files():

@@ -7,7 +7,7 @@ Loads the dataset, writes the folds, fills the feature cache, trains each fold
   workdir/inputs.json        every clip's SHA-256, label and path; the encoder's identity
   workdir/folds.json         every fold's membership and class counts
   workdir/fold_XX/           checkpoints, result.json, predictions.csv, confusion.csv
-                             (in fold_XX/seed_<seed>/ with config.seeds > 1: msjax.results.summary)
+                             (in fold_XX/seed_<seed>/ with config.seeds > 1: msjax.io.rundir)
   workdir/results.json       protocol, seeds, versions, per-fold and mean ± std metrics
   workdir/confusion.{csv,png}  pooled over the test folds
   workdir/tsne_{plain,enhanced}.png  on request (config.tsne)
