@@ -124,6 +124,7 @@ def test_spectrogram_statistics_come_from_the_training_split(monkeypatch, tmp_pa
     """run_fold fits the min-max statistics on the training split's segments only."""
     from msjax.data.folds import Fold
     from msjax.features.store import Entry
+    from msjax.runtime.distributed import Coordinator
     from msjax.train import run
 
     uids = {"train": ("t1", "t2"), "val": ("v1",), "test": ("x1", "x2")}
@@ -137,6 +138,7 @@ def test_spectrogram_statistics_come_from_the_training_split(monkeypatch, tmp_pa
 
     class Runner:
         store = Store()
+        coordinator = Coordinator()
 
     fitted = []
 

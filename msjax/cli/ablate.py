@@ -37,27 +37,31 @@ def selected_variants() -> list[str]:
 
 
 def main() -> int:
+    from msjax.io.rundir import RunDir
     from msjax.results.ablation import ablation_rows, read_fold_results, table_line, write_ablation
     from msjax.runtime import distributed
     from msjax.train.run import train_and_evaluate
 
     common.start_distributed()
+    coordinator = distributed.current()
     base = common.resolved_config()
     workdir = common.workdir(base)
+    rundir = RunDir(workdir)
     # One cache (and synthetic corpus) for all variants: their features are the same.
-    shared = {"cache_dir": base.cache_dir or str(workdir / "cache")}
+    shared = {"cache_dir": base.cache_dir or str(rundir.cache)}
     if base.dataset == "synthetic" and not base.data_dir:
-        shared["data_dir"] = str(workdir / "corpus")
+        shared["data_dir"] = str(rundir.corpus)
     results = {}
     for variant in selected_variants():
         model = dataclasses.replace(base.model, **VARIANTS[variant])
         config = dataclasses.replace(base, model=model, **shared)
-        if distributed.is_main():
+        if coordinator.is_main():
             progress.line("== %s", variant)
-        if not train_and_evaluate(config, workdir / variant):
+        variant_dir = rundir.variant(variant).root
+        if not train_and_evaluate(config, variant_dir, coordinator):
             continue  # a single --fold run: nothing to compare yet
-        results[variant] = read_fold_results(workdir / variant)
-    if not results or not distributed.is_main():
+        results[variant] = read_fold_results(variant_dir)
+    if not results or not coordinator.is_main():
         return 0
     print(write_ablation(ablation_rows(results), workdir), flush=True)
     print(table_line(workdir), flush=True)

@@ -105,7 +105,7 @@ def start_distributed() -> None:
         FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
     ):
         return
-    if not distributed.is_main():
+    if not distributed.current().is_main():
         # Process 0 speaks for the run: the others show warnings and errors only.
         progress.configure(quiet=True)
         logging.getLogger(progress.RECORD).setLevel(logging.WARNING)
@@ -166,9 +166,11 @@ def saved_config() -> ExperimentConfig:
     Raises:
         UsageError: no --workdir, nothing saved there, or flags that would change the run.
     """
+    from msjax.io.rundir import RunDir
+
     if not FLAGS.workdir:
         raise UsageError("--resume needs the --workdir of the run to continue")
-    path = Path(FLAGS.workdir) / "config.json"
+    path = RunDir(Path(FLAGS.workdir)).config
     if not path.is_file():
         raise UsageError(f"{path}: not found; there is no run to resume in {FLAGS.workdir}")
     names = [arg[2:].split("=", 1)[0] for arg in sys.argv[1:] if arg.startswith("--")]

@@ -30,6 +30,7 @@ FLAGS = flags.FLAGS
 
 
 def main() -> int:
+    from msjax.io.rundir import RunDir
     from msjax.train.run import dry_run, train_and_evaluate  # after flags: heavy imports
 
     common.start_distributed()
@@ -40,7 +41,7 @@ def main() -> int:
     if FLAGS.dry_run:
         print(dry_run(config, workdir))
         return 0
-    if FLAGS.resume is False and any(workdir.glob("fold_*")):
+    if FLAGS.resume is False and RunDir(workdir).fold_dirs():
         raise UsageError(f"{workdir}: holds an earlier run; use a new --workdir or --resume")
     train_and_evaluate(config, workdir)
     return 0

@@ -24,6 +24,7 @@ from msjax.data.records import Dataset, Utterance
 from msjax.features.acoustic import FeatureConfig, segment
 from msjax.features.cache import FeatureCache, audio_hash
 from msjax.features.pool import iter_file_features
+from msjax.io.rundir import RunDir
 from msjax.runtime import interrupts, progress
 
 
@@ -217,8 +218,8 @@ def iterate_batches(
 
     The last batch is zero-padded to `batch_size` with `mask` 0 on the padding,
     so every step sees one shape and jit traces once. Given `rows` (this process's
-    share of a multi-process batch, `msjax.runtime.distributed.local_rows`), only those rows
-    of each batch are read.
+    share of a multi-process batch, `msjax.runtime.distributed.Coordinator.local_rows`),
+    only those rows of each batch are read.
 
     Args:
       store: the feature store.
@@ -307,4 +308,4 @@ def device_batch(
 
 def cache_root(config_cache_dir: str, workdir: Path) -> Path:
     """The cache directory a run uses: the configured one, else <workdir>/cache."""
-    return Path(config_cache_dir) if config_cache_dir else Path(workdir) / "cache"
+    return Path(config_cache_dir) if config_cache_dir else RunDir(Path(workdir)).cache

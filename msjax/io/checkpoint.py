@@ -42,7 +42,9 @@ import orbax.checkpoint as ocp
 
 from msjax.errors import CheckpointError, WriteError, writing
 from msjax.io.files import write_json
+from msjax.io.rundir import FoldRunDir, best_step_dir
 from msjax.runtime import distributed, interrupts
+from msjax.runtime.distributed import Coordinator
 
 log = logging.getLogger(__name__)
 
@@ -194,18 +196,19 @@ def _check_space(directory: Path, tree: Any, what: str) -> None:
         )
 
 
-def _save(directory: Path, step: int, args: ocp.args.Composite, tree: Any, what: str) -> None:
+def _save(directory: Path, step: int, args: ocp.args.Composite, tree: Any, what: str,
+          coordinator: Coordinator | None) -> None:
     """Saves `args` (holding the arrays of `tree`) as `directory/<step>` plus its
     manifest; cleans up after a failure. SIGINT and SIGTERM wait until both are
     written (msjax.runtime.interrupts)."""
     with interrupts.deferred():
-        _save_now(directory, step, args, tree, what)
+        _save_now(directory, step, args, tree, what, coordinator or distributed.current())
 
 
 def _save_now(directory: Path, step: int, args: ocp.args.Composite, tree: Any,
-              what: str) -> None:
+              what: str, coordinator: Coordinator) -> None:
     step_dir = directory / str(step)
-    main = distributed.is_main()
+    main = coordinator.is_main()
     saving = str(directory.absolute()) + os.sep
     _saving.add(saving)
     try:
@@ -214,13 +217,13 @@ def _save_now(directory: Path, step: int, args: ocp.args.Composite, tree: Any,
             # A resumed epoch redoes a save cut short before its manifest.
             if main and step_dir.exists():
                 shutil.rmtree(step_dir)
-            distributed.barrier(f"before saving {step_dir}")
+            coordinator.barrier(f"before saving {step_dir}")
             with _manager(directory) as mngr:  # every process writes its shards
                 mngr.save(step, args=args)
             if main:
                 hashes = {str(p.relative_to(step_dir)): _sha256(p) for p in _files(step_dir)}
                 write_json({"files": hashes}, step_dir / MANIFEST)
-            distributed.barrier(f"saved {step_dir}")
+            coordinator.barrier(f"saved {step_dir}")
         _saving.discard(saving)
     except BaseException as err:
         # The writes orbax had not started are coroutines it drops; Python would warn
@@ -249,15 +252,17 @@ def _restore(step_dir: Path, args: ocp.args.Composite) -> Any:
         ) from None
 
 
-def save_latest(fold_dir: Path, epoch: int, state: Any, loop: dict) -> None:
-    """Saves the train state and the loop's JSON bookkeeping after `epoch`."""
+def save_latest(fold_dir: Path, epoch: int, state: Any, loop: dict,
+                coordinator: Coordinator | None = None) -> None:
+    """Saves the train state and the loop's JSON bookkeeping after `epoch`; every
+    process of `coordinator`'s run (default: this program's) takes part."""
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), loop=ocp.args.JsonSave(loop))
-    _save(fold_dir / "latest", epoch, args, state, "the resume checkpoint")
+    _save(FoldRunDir(fold_dir).latest, epoch, args, state, "the resume checkpoint", coordinator)
 
 
 def restore_latest(fold_dir: Path, abstract_state: Any) -> tuple[Any, dict] | None:
     """Returns (state, loop) from the last saved epoch, or None if there is none."""
-    directory = fold_dir / "latest"
+    directory = FoldRunDir(fold_dir).latest
     if not directory.exists():
         return None
     with _manager(directory) as mngr:
@@ -275,40 +280,14 @@ def restore_latest(fold_dir: Path, abstract_state: Any) -> tuple[Any, dict] | No
     return restored["state"], dict(restored["loop"])
 
 
-def save_best(fold_dir: Path, epoch: int, variables: Any, metadata: dict) -> None:
-    """Saves the variables that predict needs (params, norm stats) and metadata."""
+def save_best(fold_dir: Path, epoch: int, variables: Any, metadata: dict,
+              coordinator: Coordinator | None = None) -> None:
+    """Saves the variables that predict needs (params, norm stats) and metadata; every
+    process of `coordinator`'s run (default: this program's) takes part."""
     args = ocp.args.Composite(
         variables=ocp.args.StandardSave(variables), metadata=ocp.args.JsonSave(metadata)
     )
-    _save(fold_dir / "best", epoch, args, variables, "the best checkpoint")
-
-
-def best_step_dir(checkpoint: Path) -> Path:
-    """The best/<epoch> directory meant by `checkpoint`: a fold directory, its best/,
-    or best/<epoch> itself.
-
-    Raises:
-      CheckpointError: nothing there, or a latest/ directory (a resume point).
-    """
-    checkpoint = Path(checkpoint)
-    if not checkpoint.exists():
-        raise CheckpointError(f"{checkpoint}: does not exist")
-    if "latest" in (checkpoint.name, checkpoint.parent.name):
-        fold_dir = checkpoint.parent if checkpoint.name == "latest" else checkpoint.parent.parent
-        raise CheckpointError(
-            f"{checkpoint}: latest/ is the training state that --resume continues from; "
-            f"pass the fold directory ({fold_dir}) or its best/ to predict"
-        )
-    if checkpoint.name.isdigit() and checkpoint.parent.name == "best" and checkpoint.is_dir():
-        return checkpoint
-    for directory in (checkpoint, checkpoint / "best"):
-        if directory.is_dir():
-            steps = [p for p in directory.iterdir() if p.name.isdigit() and p.is_dir()]
-            if steps:
-                return max(steps, key=lambda p: int(p.name))
-    raise CheckpointError(
-        f"{checkpoint}: no msjax checkpoint found (expected a fold directory with best/<epoch>/)"
-    )
+    _save(FoldRunDir(fold_dir).best, epoch, args, variables, "the best checkpoint", coordinator)
 
 
 def load_metadata(checkpoint: Path, allow_unverified: bool = False) -> tuple[Path, dict]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from msjax.errors import DataError
 from msjax.io.files import write_json, write_text
+from msjax.io.rundir import RunDir
 from msjax.results import metrics as M
 from msjax.results import report
 from msjax.results.stats import PairedDifference, difference_summary
@@ -39,12 +40,10 @@ _P_FIELDS = (("p (t)", "t_pvalue"), ("p (W)", "wilcoxon_pvalue"))
 
 
 def read_fold_results(run_dir: Path) -> list[dict]:
-    """The result.json of every finished fold (and seed: msjax.results.summary) under `run_dir`,
+    """The result.json of every finished fold (and seed: msjax.io.rundir) under `run_dir`,
     in fold order."""
-    run_dir = Path(run_dir)
-    paths = [*run_dir.glob("fold_*/result.json"), *run_dir.glob("fold_*/seed_*/result.json")]
     results = []
-    for path in sorted(paths):
+    for path in RunDir(Path(run_dir)).result_files():
         try:
             result = json.loads(path.read_text())
         except ValueError as e:
@@ -132,13 +131,16 @@ def ablation_table(rows: Sequence[Mapping]) -> str:
 
 def table_line(workdir: Path) -> str:
     """The line that ends an ablation: where its table files are."""
-    return f"ablation table: {Path(workdir) / 'ablation.txt'} (also ablation.csv, ablation.json)"
+    rundir = RunDir(Path(workdir))
+    also = f"{rundir.ablation_csv.name}, {rundir.ablation_json.name}"
+    return f"ablation table: {rundir.ablation_txt} (also {also})"
 
 
 def write_ablation(rows: Sequence[Mapping], workdir: Path) -> str:
     """Writes ablation.txt, ablation.csv and ablation.json; returns the table."""
+    rundir = RunDir(Path(workdir))
     table = ablation_table(rows)
-    write_text(table + "\n", workdir / "ablation.txt")
+    write_text(table + "\n", rundir.ablation_txt)
     fields = [field.name for field in dataclasses.fields(PairedDifference)]
     header = ["variant", *(f"{key}_{s}" for _, key in SUMMARY_METRICS for s in ("mean", "std"))]
     header += ["folds"]
@@ -151,6 +153,6 @@ def write_ablation(rows: Sequence[Mapping], workdir: Path) -> str:
         summary = [v for name, _ in SUMMARY_METRICS for v in row[name]]
         diffs = [paired[m][k] if paired else "" for m, _ in PAIRED_METRICS for k in fields]
         writer.writerow([row["variant"], *summary, row["folds"], *diffs])
-    write_text(out.getvalue(), workdir / "ablation.csv")
-    write_json(rows, workdir / "ablation.json")
+    write_text(out.getvalue(), rundir.ablation_csv)
+    write_json(rows, rundir.ablation_json)
     return table

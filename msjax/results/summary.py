@@ -6,9 +6,9 @@ interrupted run), and for an ablation workdir each variant's and the ablation ta
 Both read only the workdir's files (config.json, folds.json and each run's
 result.json), so for the same finished folds they write the same bytes.
 
-Layout: with one seed a fold trains in workdir/fold_XX/; with `seeds` = S > 1 it trains
-S times, in workdir/fold_XX/seed_<seed>/ for seed = config.seed, ..., config.seed + S - 1
-(the folds themselves always come from config.seed).
+Seeds: with one seed a fold trains once; with `seeds` = S > 1 it trains S times, for
+seed = config.seed, ..., config.seed + S - 1 (the folds themselves always come from
+config.seed), each in its own directory (msjax.io.rundir.RunDir.runs).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import numpy as np
 from msjax.data.folds import read_folds_json
 from msjax.errors import DataError, UsageError
 from msjax.io.files import write_json
+from msjax.io.rundir import FOLD_RESULTS, RunDir
 from msjax.results import ablation, plots, report
 from msjax.results import metrics as M
 from msjax.results.ablation import SUMMARY_METRICS, is_finite_number
@@ -30,20 +31,6 @@ from msjax.results.ablation import SUMMARY_METRICS, is_finite_number
 def run_seeds(config: Mapping) -> list[int]:
     """The training seeds of every fold: config.seed onwards, `seeds` of them."""
     return [config["seed"] + s for s in range(config.get("seeds", 1))]
-
-
-def fold_dir(workdir: Path, fold: int) -> Path:
-    """Fold `fold`'s directory in a run's workdir: workdir/fold_XX."""
-    return Path(workdir) / f"fold_{fold:02d}"
-
-
-def run_dirs(workdir: Path, fold: int, config: Mapping) -> list[tuple[int, Path]]:
-    """(seed, directory) of each training of fold `fold` (see the module docstring)."""
-    base = fold_dir(workdir, fold)
-    seeds = run_seeds(config)
-    if len(seeds) == 1:
-        return [(seeds[0], base)]
-    return [(seed, base / f"seed_{seed}") for seed in seeds]
 
 
 def read_json(path: Path) -> dict:
@@ -63,15 +50,15 @@ def finished_runs(workdir: Path) -> tuple[list[dict], list[str]]:
     """The result.json of every finished training in fold and seed order, and the
     directories (relative to `workdir`) of those not finished yet."""
     workdir = Path(workdir)
-    config = read_json(workdir / "config.json")
+    rundir = RunDir(workdir)
+    seeds = run_seeds(read_json(rundir.config))
     done, missing = [], []
-    for fold in read_folds_json(workdir / "folds.json"):
-        for _, run_dir in run_dirs(workdir, fold.index, config):
-            path = run_dir / "result.json"
-            if path.exists():
-                done.append(_fold_result(path))
+    for fold in read_folds_json(rundir.folds):
+        for _, run in rundir.runs(fold.index, seeds):
+            if run.finished():
+                done.append(_fold_result(run.result))
             else:
-                missing.append(run_dir.relative_to(workdir).as_posix())
+                missing.append(run.root.relative_to(workdir).as_posix())
     return done, missing
 
 
@@ -100,12 +87,13 @@ def write_summary(workdir: Path) -> tuple[dict, str]:
         DataError: no fold has finished, or a file of the run is unreadable.
     """
     workdir = Path(workdir)
-    config = read_json(workdir / "config.json")
+    rundir = RunDir(workdir)
+    config = read_json(rundir.config)
     runs, missing = finished_runs(workdir)
     if not runs:
-        raise DataError(f"{workdir}: no fold has finished (no fold_*/result.json)")
+        raise DataError(f"{workdir}: no fold has finished (no {FOLD_RESULTS})")
     labels = list(runs[0]["per_class_recall"])  # written in label order
-    num_folds = len(read_folds_json(workdir / "folds.json"))
+    num_folds = len(read_folds_json(rundir.folds))
     pooled = np.sum([np.array(r["confusion"]) for r in runs], axis=0)
     summary = {k: M.summarize([r[k] for r in runs]) for _, k in SUMMARY_METRICS}
     results = {
@@ -137,11 +125,11 @@ def write_summary(workdir: Path) -> tuple[dict, str]:
         "seconds": sum(r.get("seconds", 0.0) for r in runs),
         "environment": report.environment_info(Path(__file__).resolve().parents[1]),
     }
-    write_json(results, workdir / "results.json")
-    report.write_confusion_csv(pooled, labels, workdir / "confusion.csv")
+    write_json(results, rundir.results)
+    report.write_confusion_csv(pooled, labels, rundir.confusion_csv)
     done = f"{len(runs)} of {len(runs) + len(missing)} trainings" if missing else None
     plots.plot_confusion_png(
-        pooled, labels, workdir / "confusion.png",
+        pooled, labels, rundir.confusion_png,
         title=f"MS-EmoBoost on {results['dataset']} ({done or f'{num_folds} folds'})",
     )
     return results, _table(runs, summary)
@@ -170,20 +158,24 @@ def summarize_workdir(workdir: Path) -> str:
         DataError: no fold has finished, or a file of the run is unreadable.
     """
     workdir = Path(workdir)
-    if (workdir / "config.json").exists():
+    rundir = RunDir(workdir)
+    if rundir.config.exists():
         results, table = write_summary(workdir)
         return table + "\n" + results_line(workdir, results)
-    variants = [v for v in ablation.VARIANTS if (workdir / v / "config.json").exists()]
+    variants = [v for v in ablation.VARIANTS if rundir.variant(v).config.exists()]
     if not variants:
-        raise UsageError(f"{workdir}: no run here (neither config.json nor ablation variants)")
+        raise UsageError(
+            f"{workdir}: no run here (neither {rundir.config.name} nor ablation variants)"
+        )
     lines, results = [], {}
     for variant in variants:
-        if not finished_runs(workdir / variant)[0]:
+        root = rundir.variant(variant).root
+        if not finished_runs(root)[0]:
             lines.append(f"{variant}: no fold has finished")
             continue
-        summary, _ = write_summary(workdir / variant)
-        results[variant] = ablation.read_fold_results(workdir / variant)
-        lines.append(results_line(workdir / variant, summary))
+        summary, _ = write_summary(root)
+        results[variant] = ablation.read_fold_results(root)
+        lines.append(results_line(root, summary))
     if ablation.REFERENCE in results:
         table = ablation.write_ablation(ablation.ablation_rows(results), workdir)
         lines += ["", table, ablation.table_line(workdir)]
@@ -199,4 +191,4 @@ def results_line(run_dir: Path, results: Mapping) -> str:
     )
     done = f"{len(results['folds'])} trainings"
     done += f", missing {', '.join(results['missing'])}" if results["missing"] else ", all finished"
-    return f"results: {Path(run_dir) / 'results.json'}  {metrics}  ({done})"
+    return f"results: {RunDir(Path(run_dir)).results}  {metrics}  ({done})"

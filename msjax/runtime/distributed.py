@@ -3,7 +3,8 @@
 A run spans several processes (one per host, or one per GPU) when `--distributed` is
 given, when SLURM started it as a step of more than one task (`srun`), or when
 JAX_COORDINATOR_ADDRESS is set. Every process then runs the same program on the same
-shared workdir and feature cache:
+shared workdir and feature cache, and the code that trains is handed a `Coordinator`
+(`current()`: `JaxProcesses` once `initialize` started the runtime):
 
 - the mesh spans every process's devices, and each process reads only its rows of
   every global batch (`local_rows`);
@@ -12,8 +13,8 @@ shared workdir and feature cache:
   through `main_first`, and the other processes follow once it is done;
 - `barrier` makes files one process wrote visible to the others before they go on.
 
-With one process every function here is a no-op or the obvious answer, so the same
-code runs a laptop job and a cluster job.
+With one process every method is a no-op or the obvious answer, so the same code
+runs a laptop job and a cluster job.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ SLURM_TASKS_ENV = "SLURM_STEP_NUM_TASKS"  # set by srun for the tasks of one ste
 # How long the other processes wait for process 0's part of `main_first` (filling
 # the feature cache of a large corpus takes hours): one week, in milliseconds.
 _WAIT_MS = 7 * 24 * 3600 * 1000
-_calls = itertools.count()
 
 
 class PeerError(MsjaxError):
@@ -91,60 +91,133 @@ def initialize(
             f"--distributed: cannot start JAX's distributed runtime ({reason}); pass "
             "--coordinator_address, --num_processes and --process_id, or run under srun"
         ) from None
-    if is_main():
+    if current().is_main():
         log.info("%d processes, %d devices in all", jax.process_count(), jax.device_count())
     return True
 
 
-def process_count() -> int:
-    """How many processes take part in the run (1 without the distributed runtime)."""
-    return jax.process_count()
+class Coordinator:
+    """How the processes of one run work together; this one is a run of one process,
+    where every method is a no-op or the obvious answer (`JaxProcesses` is the
+    multi-process one). Every process of a run makes the same calls in the same order."""
 
+    def process_count(self) -> int:
+        """How many processes take part in the run."""
+        return 1
 
-def is_main() -> bool:
-    """Whether this process writes the run's files and prints (process 0)."""
-    return jax.process_index() == 0
+    def is_main(self) -> bool:
+        """Whether this process writes the run's files and prints (process 0)."""
+        return True
 
+    def barrier(self, name: str) -> None:
+        """Waits until every process reached the barrier of the same `name`."""
 
-def barrier(name: str) -> None:
-    """Waits until every process reached the barrier of the same `name`."""
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices(f"msjax: {name}")
+    def main_first(
+        self, name: str, fn: Callable[[], T], others: Callable[[], T] | None = None
+    ) -> T:
+        """Runs `fn` on process 0, then, once it has returned, `others` (default `fn`)
+        on every other process.
 
+        What process 0 alone may do first goes here: take a lock, write a file the
+        others then compare with, fill the feature cache the others then read.
 
-def main_first(name: str, fn: Callable[[], T], others: Callable[[], T] | None = None) -> T:
-    """Runs `fn` on process 0, then, once it has returned, `others` (default `fn`)
-    on every other process.
-
-    What process 0 alone may do first goes here: take a lock, write a file the
-    others then compare with, fill the feature cache the others then read. Every
-    process must call it, in the same order.
-
-    Raises:
-      what `fn` raised, on process 0; PeerError with the same exit code on the others.
-    """
-    if jax.process_count() == 1:
+        Raises:
+          what `fn` raised, on process 0; PeerError with the same exit code on the others.
+        """
         return fn()
-    key = f"msjax/{next(_calls)}/{name}"
-    client = _client()
-    if is_main():
+
+    def share(self, items: Sequence[T]) -> Sequence[T]:
+        """This process's share of `items` (every process_count()-th, from its index)."""
+        return items
+
+    def all_min_max(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Element-wise minimum of `lo` and maximum of `hi` [F] over every process."""
+        return lo, hi
+
+    def local_rows(self, sharding: jax.sharding.Sharding, size: int) -> slice:
+        """The rows of a [size, ...] batch split by `sharding` that live on this process's
+        devices (all of them with one process).
+
+        Raises:
+          ValueError: the rows are not one contiguous range (a mesh not ordered by process).
+        """
+        spans = sorted(
+            (index[0].start or 0, size if index[0].stop is None else index[0].stop)
+            for index in sharding.addressable_devices_indices_map((size,)).values()
+        )
+        start, stop = spans[0][0], spans[-1][1]
+        covered = sum(b - a for a, b in set(spans))
+        if covered != stop - start:
+            raise ValueError(f"this process's rows of the batch are not contiguous: {spans}")
+        return slice(start, stop)
+
+
+class JaxProcesses(Coordinator):
+    """The processes of JAX's distributed runtime (`initialize`); with one process it
+    answers as `Coordinator` does."""
+
+    def __init__(self) -> None:
+        self._calls = itertools.count()  # numbers each main_first, the same on every process
+
+    def process_count(self) -> int:
+        return jax.process_count()
+
+    def is_main(self) -> bool:
+        return jax.process_index() == 0
+
+    def barrier(self, name: str) -> None:
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"msjax: {name}")
+
+    def main_first(
+        self, name: str, fn: Callable[[], T], others: Callable[[], T] | None = None
+    ) -> T:
+        if jax.process_count() == 1:
+            return fn()
+        key = f"msjax/{next(self._calls)}/{name}"
+        client = _client()
+        if self.is_main():
+            try:
+                result = fn()
+            except BaseException as err:
+                client.key_value_set(key, str(getattr(err, "exit_code", 1)))
+                raise
+            client.key_value_set(key, "0")
+            return result
         try:
-            result = fn()
-        except BaseException as err:
-            client.key_value_set(key, str(getattr(err, "exit_code", 1)))
-            raise
-        client.key_value_set(key, "0")
-        return result
-    try:
-        code = int(client.blocking_key_value_get(key, _WAIT_MS))
-    except Exception as err:  # noqa: BLE001 - the runtime's error types are not public
-        reason = " ".join(str(err).split())[:200]
-        raise PeerError(f"process 0 did not finish {name} ({reason})") from None
-    if code:
-        error = PeerError(f"process 0 stopped ({name}, exit code {code}); its error says why")
-        error.exit_code = code
-        raise error
-    return (fn if others is None else others)()
+            code = int(client.blocking_key_value_get(key, _WAIT_MS))
+        except Exception as err:  # noqa: BLE001 - the runtime's error types are not public
+            reason = " ".join(str(err).split())[:200]
+            raise PeerError(f"process 0 did not finish {name} ({reason})") from None
+        if code:
+            error = PeerError(f"process 0 stopped ({name}, exit code {code}); its error says why")
+            error.exit_code = code
+            raise error
+        return (fn if others is None else others)()
+
+    def share(self, items: Sequence[T]) -> Sequence[T]:
+        return items[jax.process_index() :: jax.process_count()]
+
+    def all_min_max(self, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if jax.process_count() == 1:
+            return lo, hi
+        gathered = multihost_utils.process_allgather(np.stack([lo, hi]))  # [P, 2, F]
+        return gathered[:, 0].min(axis=0), gathered[:, 1].max(axis=0)
+
+
+_SINGLE = Coordinator()
+_processes: JaxProcesses | None = None
+
+
+def current() -> Coordinator:
+    """This program's coordinator: over JAX's distributed runtime once it is
+    initialized (`initialize`), else the one of a single process."""
+    global _processes
+    if not jax.distributed.is_initialized():
+        return _SINGLE
+    if _processes is None:
+        _processes = JaxProcesses()
+    return _processes
 
 
 def _client():
@@ -153,34 +226,3 @@ def _client():
     from jax._src import distributed as jax_distributed
 
     return jax_distributed.global_state.client
-
-
-def local_rows(sharding: jax.sharding.Sharding, size: int) -> slice:
-    """The rows of a [size, ...] batch split by `sharding` that live on this process's
-    devices (all of them with one process).
-
-    Raises:
-      ValueError: the rows are not one contiguous range (a mesh not ordered by process).
-    """
-    spans = sorted(
-        (index[0].start or 0, size if index[0].stop is None else index[0].stop)
-        for index in sharding.addressable_devices_indices_map((size,)).values()
-    )
-    start, stop = spans[0][0], spans[-1][1]
-    covered = sum(b - a for a, b in set(spans))
-    if covered != stop - start:
-        raise ValueError(f"this process's rows of the batch are not contiguous: {spans}")
-    return slice(start, stop)
-
-
-def share(items: Sequence[T]) -> Sequence[T]:
-    """This process's share of `items` (every process_count()-th, from its index)."""
-    return items[jax.process_index() :: jax.process_count()]
-
-
-def all_min_max(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Element-wise minimum of `lo` and maximum of `hi` [F] over every process."""
-    if jax.process_count() == 1:
-        return lo, hi
-    gathered = multihost_utils.process_allgather(np.stack([lo, hi]))  # [P, 2, F]
-    return gathered[:, 0].min(axis=0), gathered[:, 1].max(axis=0)

@@ -23,6 +23,7 @@ from msjax.features.store import Entry, FeatureStore, device_batch, iterate_batc
 from msjax.io import checkpoint
 from msjax.results import metrics as M
 from msjax.runtime import distributed, interrupts, progress, timing
+from msjax.runtime.distributed import Coordinator
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,8 @@ class FoldRunner:
       seed: shuffling and dropout keys derive from (seed, fold, epoch/step).
       data_sharding: where batches go.
       num_classes: C.
+      coordinator: the processes of the run (default: this program's,
+        msjax.runtime.distributed.current).
     """
 
     store: FeatureStore
@@ -58,6 +61,7 @@ class FoldRunner:
     seed: int
     data_sharding: Any
     num_classes: int
+    coordinator: Coordinator = dataclasses.field(default_factory=distributed.current)
     _compiled: bool = dataclasses.field(default=False, init=False, repr=False)
 
     def evaluate(self, state: dict, entries: Sequence[Entry]) -> dict:
@@ -70,7 +74,7 @@ class FoldRunner:
         size = self.eval_batch_size
         batches = iterate_batches(
             self.store, entries, size, self.kinds,
-            rows=distributed.local_rows(self.data_sharding, size),
+            rows=self.coordinator.local_rows(self.data_sharding, size),
         )
         for batch, batch_uids in prefetch(batches):
             # Replicated output: every process gets the whole batch's rows.
@@ -101,7 +105,7 @@ class FoldRunner:
         loop_key = jax.random.fold_in(jax.random.key(self.seed), fold)
         batches = iterate_batches(
             self.store, entries, self.batch_size, self.kinds, rng=rng,
-            rows=distributed.local_rows(self.data_sharding, self.batch_size),
+            rows=self.coordinator.local_rows(self.data_sharding, self.batch_size),
         )
         step_metrics, step_uids = [], []
         num_batches = -(-sum(e.num_segments for e in entries) // self.batch_size)
@@ -134,9 +138,8 @@ class FoldRunner:
         accuracy = sum(float(m["correct"]) for m in host) / count
         return state, loss, accuracy
 
-    @staticmethod
-    def _save_epoch(fold_dir: Path, fold: int, epoch: int, state: dict, loop: dict, val: dict,
-                    score: float, metadata: dict) -> None:
+    def _save_epoch(self, fold_dir: Path, fold: int, epoch: int, state: dict, loop: dict,
+                    val: dict, score: float, metadata: dict) -> None:
         """Updates `loop` for `epoch` and saves it: best/ when the score improved, then
         latest/ (the resume point)."""
         if score > loop["best_score"]:
@@ -144,12 +147,12 @@ class FoldRunner:
             variables = {"params": state["params"], "norm": state["norm"]}
             meta = dict(metadata, epoch=epoch, val_wa=val["wa"], val_ua=val["ua"])
             with timing.section("checkpoint"):
-                checkpoint.save_best(fold_dir, epoch, variables, meta)
+                checkpoint.save_best(fold_dir, epoch, variables, meta, self.coordinator)
         else:
             loop["bad_epochs"] += 1
         loop["epoch"] = epoch
         with timing.section("checkpoint"):
-            checkpoint.save_latest(fold_dir, epoch, state, loop)
+            checkpoint.save_latest(fold_dir, epoch, state, loop, self.coordinator)
         interrupts.kept(f"after fold {fold} epoch {epoch} ({fold_dir})")
 
     def run(

@@ -23,6 +23,7 @@ from msjax.data.folds import Fold
 from msjax.data.records import Dataset
 from msjax.experiment.config import ExperimentConfig
 from msjax.features.acoustic import FeatureConfig
+from msjax.io.rundir import RunDir
 from msjax.models.emoboost import MSEmoBoost, dummy_batch, replace_alexnet
 from msjax.models.encoder import Encoder
 from msjax.models.products import COMPUTE_DTYPES
@@ -32,7 +33,7 @@ def data_root(config: ExperimentConfig, workdir: Path) -> Path:
     """The dataset directory; the synthetic corpus defaults to <workdir>/corpus."""
     if config.data_dir:
         return Path(config.data_dir)
-    return Path(workdir) / "corpus"
+    return RunDir(Path(workdir)).corpus
 
 
 def alexnet_weights(config: ExperimentConfig) -> dict | None:

@@ -11,8 +11,8 @@ from msjax import inference
 from msjax.experiment.config import ExperimentConfig
 from msjax.features.store import iterate_batches
 from msjax.io import checkpoint
+from msjax.io.rundir import RunDir
 from msjax.results import plots
-from msjax.results.summary import fold_dir
 from msjax.train import setup
 
 
@@ -41,7 +41,7 @@ def write_tsne(
 
     plain, enhanced, labels = [], [], []
     for fold in folds:
-        best_dir, _ = checkpoint.load_metadata(fold_dir(workdir, fold.index))
+        best_dir, _ = checkpoint.load_metadata(RunDir(workdir).fold(fold.index).root)
         variables = checkpoint.restore_best(best_dir, None)
         test = [entries[u] for u in fold.test]
         rows: dict[str, list] = {"mean_pooled": [], "enhanced": []}
@@ -63,11 +63,11 @@ def write_tsne(
         labels.extend(label_of[u] for u in uids)
     plain, labels = np.concatenate(plain), np.array(labels)
     plots.plot_tsne(
-        plain, labels, dataset.labels, workdir / "tsne_plain.png",
+        plain, labels, dataset.labels, RunDir(workdir).tsne_plain,
         title="SSL features, mean-pooled", seed=config.seed,
     )
     if enhanced:
         plots.plot_tsne(
-            np.concatenate(enhanced), labels, dataset.labels, workdir / "tsne_enhanced.png",
+            np.concatenate(enhanced), labels, dataset.labels, RunDir(workdir).tsne_enhanced,
             title="SSL features, MS-EmoBoost enhanced", seed=config.seed,
         )
