@@ -6,6 +6,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from conftest import REPO, unavailable
 
 from msjax.io.files import write_json
 from msjax.results import plots, report
@@ -132,6 +133,14 @@ def test_environment_info_lists_versions(tmp_path):
     json.dumps(info)
     # Outside any git checkout the revision is unknown, not an error.
     assert report.environment_info(tmp_path)["git_revision"] is None
+
+
+def test_environment_info_describes_this_checkout_by_default():
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True,
+                          text=True)
+    if head.returncode:
+        unavailable(f"{REPO} is not a git checkout")
+    assert report.environment_info()["git_revision"] == head.stdout.strip()
 
 
 def test_environment_info_reads_git_revision(tmp_path):

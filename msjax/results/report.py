@@ -140,8 +140,15 @@ def environment_info(repo: Path | None = None) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - no usable jax backend is worth recording, not fatal
         info["jax_backend"] = None
         info["jax_devices"] = []
-    info.update(_git_info(Path(repo) if repo else Path(__file__).resolve().parents[1]))
+    info.update(_git_info(Path(repo) if repo else _checkout()))
     return info
+
+
+def _checkout() -> Path:
+    """The directory holding the msjax package: its checkout, when it is one."""
+    import msjax
+
+    return Path(msjax.__file__).resolve().parents[1]
 
 
 def _git_info(repo: Path) -> dict[str, Any]:

@@ -123,7 +123,7 @@ def write_summary(workdir: Path) -> tuple[dict, str]:
             "confusion": pooled.tolist(),
         },
         "seconds": sum(r.get("seconds", 0.0) for r in runs),
-        "environment": report.environment_info(Path(__file__).resolve().parents[1]),
+        "environment": report.environment_info(),
     }
     write_json(results, rundir.results)
     report.write_confusion_csv(pooled, labels, rundir.confusion_csv)
